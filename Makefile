@@ -1,0 +1,52 @@
+# One command each: `make demo` runs the main job, `make test` runs the test suite.
+PY_BOOT ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+DURATION ?= 60
+RATE ?= 30
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup test demo weights bench-speed bench-energy bench-distill bench-vpr bench-node bench-map colcon-check clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt setup.py setup.cfg package.xml
+	@test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+test: setup
+	@$(PY) -m pytest test -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test: FAILED, pytest collected no tests" >&2; fi; exit $$rc
+
+demo: setup
+	$(VENV)/bin/vl2spike demo
+
+weights: setup
+	$(VENV)/bin/vl2spike weights build
+
+bench-speed: setup
+	$(VENV)/bin/vl2spike bench speed --json bench/results/speed.json
+
+bench-energy: setup
+	$(VENV)/bin/vl2spike energy --json bench/results/energy.json --plot bench/results/energy_firing_rates.png
+
+bench-distill: setup
+	$(VENV)/bin/vl2spike bench distill --config config/distill/bench_cifar10.yaml --json bench/results/distill_cifar10.json
+
+bench-vpr: setup
+	$(VENV)/bin/vl2spike bench vpr --json bench/results/vpr_nordland.json
+
+bench-map: setup
+	$(VENV)/bin/vl2spike bench map --json bench/results/map_search.json
+
+bench-node: setup
+	$(PY) -m vl2spike_ros.ros.bench_load --duration $(DURATION) --rate $(RATE) --json bench/results/node_load.json
+
+colcon-check: setup
+	$(PY) -m pytest test/test_colcon_build.py -p no:cacheprovider
+
+clean:
+	rm -rf build install log .pytest_cache

@@ -1,0 +1,1 @@
+"""vl2spike_ros.distill (no ROS imports)."""

@@ -1,0 +1,1 @@
+"""vl2spike_ros.io (no ROS imports)."""

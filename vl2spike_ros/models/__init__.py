@@ -1,0 +1,1 @@
+"""vl2spike_ros.models (no ROS imports)."""

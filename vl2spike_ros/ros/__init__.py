@@ -1,0 +1,1 @@
+"""ROS 2 integration: the only subpackage that imports rclpy."""

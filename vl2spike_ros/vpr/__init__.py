@@ -1,0 +1,1 @@
+"""vl2spike_ros.vpr (no ROS imports)."""
