@@ -1,1 +1,32 @@
-"""vl2spike_ros.models (no ROS imports)."""
+"""vl2spike_ros.models: the Spikformer student (spikingjelly 2.0.0), registry, save/load.
+
+No ROS imports. See docs/ARCHITECTURE.md ("models") for the contract.
+"""
+from .config import SpikformerConfig, get_config, list_models, register_variant
+from .io import (
+    config_path_for,
+    create_model,
+    default_vpr_weights,
+    load_model,
+    read_model_meta,
+    save_model,
+    weights_hash,
+)
+from .spikformer import Capture, SpikformerStudent, calibrate_bn
+
+__all__ = [
+    "Capture",
+    "SpikformerConfig",
+    "SpikformerStudent",
+    "calibrate_bn",
+    "config_path_for",
+    "create_model",
+    "default_vpr_weights",
+    "get_config",
+    "list_models",
+    "load_model",
+    "read_model_meta",
+    "register_variant",
+    "save_model",
+    "weights_hash",
+]

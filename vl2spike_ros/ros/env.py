@@ -1,8 +1,9 @@
 """Environment that confines ROS 2 / DDS traffic to this machine (no rclpy import).
 
 Used by the tests, the demo and the benchmarks before any ``rclpy.init()`` or node subprocess:
-``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``, the package's Fast DDS profile (UDPv4 on
-127.0.0.1 + shared memory, built-in transports off), a per-run ``ROS_DOMAIN_ID`` and a
+the package's Fast DDS profile (UDPv4 on 127.0.0.1 + shared memory, built-in transports off,
+unicast discovery with 127.0.0.1 as initial peer, no multicast), applied unchanged thanks to
+``ROS_AUTOMATIC_DISCOVERY_RANGE=SYSTEM_DEFAULT``, a per-run ``ROS_DOMAIN_ID`` and a
 ``ROS_LOG_DIR`` in a temporary folder.
 """
 from __future__ import annotations
@@ -39,7 +40,10 @@ def loopback_env(domain_id: int | None = None, log_dir: str | None = None) -> di
     if log_dir is None:
         log_dir = tempfile.mkdtemp(prefix="vl2spike_roslog_")
     return {
-        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+        # SYSTEM_DEFAULT: rmw leaves the transports to the XML profile. With LOCALHOST,
+        # rmw_fastrtps appends its own UDPv4 transport without a whitelist, which binds sockets
+        # on 0.0.0.0 and every interface (seen with `ss -uanp`); the profile keeps all on 127.0.0.1.
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "SYSTEM_DEFAULT",
         "FASTDDS_DEFAULT_PROFILES_FILE": profile,
         "FASTRTPS_DEFAULT_PROFILES_FILE": profile,
         "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",

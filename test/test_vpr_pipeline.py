@@ -1,0 +1,103 @@
+"""VPRPipeline end to end: map build, eval, replay of a bag agree; mismatch refused."""
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vl2spike_ros.models import calibrate_bn, create_model, save_model
+from vl2spike_ros.vpr.descriptors import preprocess
+from vl2spike_ros.vpr.placemap import MapMismatchError
+
+N = 10
+
+
+def _frames(seed: int, noise: float) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 255, (N, 8, 16))
+    base = np.stack([cv2.resize(b, (64, 32), interpolation=cv2.INTER_LINEAR) for b in base])
+    jit = np.random.default_rng(seed).normal(0, noise, base.shape)
+    return np.clip(base + jit, 0, 255).astype(np.uint8)
+
+
+def _tiny_weights(path, seed=0):
+    torch.manual_seed(seed)
+    m = create_model("spikformer_vpr", embed_dim=16, T=1, descriptor_dim=16)
+    calibrate_bn(m, [preprocess(_frames(seed, 5.0), (32, 64), 1)])
+    return save_model(m.eval(), path)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from vl2spike_ros.io.bags import write_image_bag
+
+    tmp = tmp_path_factory.mktemp("vpr")
+    w = _tiny_weights(tmp / "w.safetensors")
+    db, q = tmp / "db", tmp / "q"
+    db.mkdir()
+    q.mkdir()
+    for i, (a, b) in enumerate(zip(_frames(1, 2.0), _frames(2, 20.0))):
+        cv2.imwrite(str(db / f"img{i}.png"), a)
+        cv2.imwrite(str(q / f"img{i}.png"), b)
+    # the bag carries the queries at 4x size in RGB: the pipeline must resize/grey them itself
+    big = [cv2.cvtColor(cv2.resize(b, (256, 128), interpolation=cv2.INTER_NEAREST),
+                        cv2.COLOR_GRAY2RGB) for b in _frames(2, 20.0)]
+    write_image_bag(tmp / "qbag", big, storage="mcap")
+    return tmp, w, db, q
+
+
+def test_replay_matches_eval(setup):
+    from vl2spike_ros.cli.cmd_eval import run_eval
+    from vl2spike_ros.cli.cmd_map import build_map_from_source
+    from vl2spike_ros.cli.cmd_replay import run_replay
+    from vl2spike_ros.vpr.evaluation import correct_by_frames
+    from vl2spike_ros.vpr.pipeline import load_vpr_model
+    from vl2spike_ros.vpr.runner import model_method, rank
+    from vl2spike_ros.vpr.sources import load_source
+
+    tmp, w, db, q = setup
+    info = build_map_from_source(str(db), str(tmp / "map"), weights=str(w))
+    assert info["n_places"] == N
+    rows, out = run_replay(str(tmp / "qbag"), str(tmp / "map"), weights=str(w), top_k=3)
+    model, _ = load_vpr_model(w)
+    m = model_method(model)
+    qi = load_source(q, size=(32, 64)).images
+    # the bag's 4x RGB frames resized by the pipeline give the folder's 32x64 grey frames
+    _, ids = rank(m, m.describe(qi), m.describe(load_source(db, size=(32, 64)).images), 3)
+    assert [r["best_id"] for r in rows] == ids[:, 0].tolist()
+    res = run_eval(str(db), str(q), weights=str(w), tolerance=0)
+    assert out["metrics"]["recall"]["r1"] == pytest.approx(res["recall"]["r1"])
+    expect = 100.0 * correct_by_frames(ids[:, :1], np.arange(N), 0).mean()
+    assert res["recall"]["r1"] == pytest.approx(expect)
+    assert all(r["latency_ms"] > 0 and r["energy_mj"] > 0 for r in rows)
+    assert all(0.0 <= r["firing_rate"] <= 1.0 for r in rows)
+
+
+def test_pipeline_sequence_mode_equals_batch(setup):
+    from vl2spike_ros.vpr.descriptors import extract_descriptors
+    from vl2spike_ros.vpr.matching import sequence_scores
+    from vl2spike_ros.vpr.pipeline import VPRPipeline
+    from vl2spike_ros.vpr.sources import load_source
+
+    tmp, w, db, q = setup
+    from vl2spike_ros.cli.cmd_map import build_map_from_source
+    build_map_from_source(str(db), str(tmp / "map_seq"), weights=str(w))
+    pipe = VPRPipeline(w, tmp / "map_seq", top_k=2, seq_len=3, energy=False)
+    qi = load_source(q).images
+    got = [pipe.process(im).best_id for im in qi]
+    d_db = extract_descriptors(pipe.model, load_source(db).images)
+    d_q = np.concatenate([pipe.describe(im) for im in qi])
+    want = np.argsort(-sequence_scores(d_q @ d_db.T, 3), axis=1, kind="stable")[:, 0]
+    assert got == want.tolist()
+
+
+def test_pipeline_refuses_map_of_other_model(setup):
+    from vl2spike_ros.cli.cmd_map import build_map_from_source
+    from vl2spike_ros.vpr.pipeline import VPRPipeline
+
+    tmp, w, db, _ = setup
+    build_map_from_source(str(db), str(tmp / "map2"), weights=str(w))
+    other = _tiny_weights(tmp / "other.safetensors", seed=3)
+    with pytest.raises(MapMismatchError, match="weights_hash"):
+        VPRPipeline(other, tmp / "map2")
+    with pytest.raises(ValueError, match="image"):
+        VPRPipeline(w, tmp / "map2").process(np.zeros((4, 4, 2), np.uint8))

@@ -1,0 +1,72 @@
+"""``vl2spike map build``: image folder or bag -> place map folder (FAISS index + JSON)."""
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("map", help="build or inspect place maps")
+    sub = p.add_subparsers(dest="map_cmd", metavar="ACTION")
+    sub.required = True
+    b = sub.add_parser("build", help="describe a folder/bag and write a map folder")
+    b.add_argument("source", help="image folder (natural order) or ROS 2 bag")
+    b.add_argument("--out", required=True, help="map folder to write")
+    b.add_argument("--weights", default=None, help="VPR weights (default: packaged default)")
+    b.add_argument("--factory", default="Flat",
+                   help="FAISS factory string (Flat = exact; e.g. HNSW32, IVF1024,PQ32)")
+    b.add_argument("--topic", default=None, help="image topic (bags)")
+    b.add_argument("--pose-topic", default=None, help="pose topic (bags; default: the only one)")
+    b.add_argument("--every", type=int, default=1, help="use every N-th frame")
+    b.add_argument("--json", default=None, metavar="PATH", help="write a summary JSON")
+    b.set_defaults(func=_build)
+    i = sub.add_parser("info", help="print a map's metadata")
+    i.add_argument("map_dir")
+    i.add_argument("--json", default=None, metavar="PATH")
+    i.set_defaults(func=_info)
+
+
+def build_map_from_source(source: str, out: str, weights: str | None = None,
+                          factory: str = "Flat", topic: str | None = None,
+                          pose_topic: str | None = None, every: int = 1) -> dict:
+    """Build and save a map; returns a summary dict."""
+    import time
+
+    from vl2spike_ros.vpr.pipeline import build_map, load_vpr_model
+    from vl2spike_ros.vpr.sources import load_source
+
+    if every < 1:
+        raise ValueError(f"--every must be >= 1, got {every}")
+    t0 = time.perf_counter()
+    model, meta = load_vpr_model(weights)
+    seq = load_source(source, size=tuple(meta["input_size"][1:]), topic=topic,
+                      pose_topic=pose_topic, every=every)
+    pm = build_map(model, meta, seq.images, seq.metas, factory)
+    pm.save(out)
+    return {"map": str(out), "source": str(source), "n_places": len(pm), "factory": factory,
+            "model": meta, "with_poses": seq.xy is not None,
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _build(ns) -> int:
+    from vl2spike_ros.atomic import write_json_atomic
+
+    res = build_map_from_source(ns.source, ns.out, ns.weights, ns.factory, ns.topic,
+                                ns.pose_topic, ns.every)
+    if ns.json:
+        write_json_atomic(ns.json, res)
+    print(f"map {res['map']}: {res['n_places']} places ({res['factory']}, "
+          f"{res['model']['variant']} {res['model']['weights_hash']}) in {res['seconds']} s")
+    return 0
+
+
+def _info(ns) -> int:
+    import json
+
+    from vl2spike_ros.atomic import write_json_atomic
+    from vl2spike_ros.vpr.placemap import PlaceMap
+
+    pm = PlaceMap.load(ns.map_dir)
+    info = {"map": ns.map_dir, "n_places": len(pm), "dim": pm.dim, "factory": pm.factory,
+            "model": pm.model_meta}
+    if ns.json:
+        write_json_atomic(ns.json, info)
+    print(json.dumps(info, indent=2))
+    return 0

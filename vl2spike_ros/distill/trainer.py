@@ -1,0 +1,360 @@
+"""VL2Spike distillation trainer: data, frozen teacher, student + loss modules, AdamW + cosine,
+CSV/TensorBoard metrics, atomic per-epoch checkpoints with resume, CPU / CUDA (bf16) / DDP.
+
+Entry point: :func:`run_distill` (used by ``vl2spike distill`` and ``vl2spike bench distill``).
+Under ``torchrun`` (``WORLD_SIZE>1``) it joins the process group itself (gloo on CPU, nccl on
+CUDA); the batch size in the config is per process.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from vl2spike_ros.distill import checkpoint as ckpt
+from vl2spike_ros.distill.config import DistillConfig, LossConfig, config_to_dict
+from vl2spike_ros.distill.data import ArrayImageDataset, ImageArray
+from vl2spike_ros.distill.datasets import DistillData, build_data
+from vl2spike_ros.distill.features import cached_features
+from vl2spike_ros.distill.losses import (
+    LogitKDLoss, SPLLoss, SVSAlignLoss, SVSTemporalLoss, zero_shot_logits,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DistillResult:
+    student: nn.Module
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class DistillModule(nn.Module):
+    """Student + trainable loss modules; ``forward`` returns the dict of weighted loss terms."""
+
+    def __init__(self, student: nn.Module, cfg: LossConfig, teacher_dim: int,
+                 text_spl: torch.Tensor | None, text_kd: torch.Tensor | None, logit_scale: float):
+        super().__init__()
+        self.student, self.cfg, self.logit_scale = student, cfg, logit_scale
+        d = student.config.embed_dim
+        self.losses = nn.ModuleDict()
+        if cfg.kd.enabled:
+            self.losses["kd"] = LogitKDLoss(cfg.kd)
+            self.register_buffer("text_kd", text_kd.float())
+        if cfg.svs_align.enabled:
+            self.losses["svs_align"] = SVSAlignLoss(cfg.svs_align, d, teacher_dim)
+        if cfg.svs_temporal.enabled:
+            self.losses["svs_temporal"] = SVSTemporalLoss(cfg.svs_temporal)
+        if cfg.spl.enabled:
+            self.losses["spl"] = SPLLoss(cfg.spl, text_spl, d)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, tfeat: torch.Tensor | None,
+                progress: float) -> dict[str, torch.Tensor]:
+        st, L = self.student, self.losses
+        use_cap = "svs_temporal" in L
+        with (st.capture() if use_cap else contextlib.nullcontext()) as cap:
+            tokens = st.forward_features(x)
+        feat = st.pool(tokens)
+        logits = st.head(feat)
+        terms = {"ce": self.cfg.ce_weight * F.cross_entropy(
+            logits.float(), y, label_smoothing=self.cfg.label_smoothing)}
+        if "kd" in L:
+            terms.update(_sub(L["kd"](logits, zero_shot_logits(tfeat, self.text_kd, self.logit_scale))))
+        if "svs_align" in L:
+            terms.update(_sub(L["svs_align"](feat, tfeat)))
+        if use_cap:
+            terms.update(_sub(L["svs_temporal"](cap.step_features, cap.v_seq, cap.step_spike_rates,
+                                                progress)))
+        if "spl" in L:
+            t_logits = zero_shot_logits(tfeat, L["spl"].text_emb, self.logit_scale)
+            terms.update(_sub(L["spl"](feat, y, logits, t_logits)))
+        terms["total"] = sum(terms.values())
+        terms["_acc"] = (logits.argmax(-1) == y).float().mean().detach()
+        return terms
+
+
+def _sub(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in d.items() if k != "total"}
+
+
+# ----------------------------------------------------------------------------- setup helpers
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def _dist_init(device: torch.device) -> tuple[int, int, torch.device]:
+    """Join the process group when launched with WORLD_SIZE>1; returns (rank, world, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank()
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def _needs_teacher(cfg: LossConfig) -> bool:
+    return cfg.kd.enabled or cfg.svs_align.enabled or cfg.spl.enabled
+
+
+def make_scheduler(opt, total_steps: int, steps_per_epoch: int, cfg) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up (``warmup_epochs``) then cosine decay to ``min_lr_ratio``."""
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _param_groups(module: nn.Module, wd: float) -> list[dict]:
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+_TEACHERS: dict[tuple, Any] = {}
+
+
+@dataclass
+class _TeacherSide:
+    teacher: Any = None
+    feats_train: torch.Tensor | None = None
+    text_spl: torch.Tensor | None = None
+    text_kd: torch.Tensor | None = None
+    dim: int = 0
+
+
+def _prepare_teacher(cfg: DistillConfig, data: DistillData, device: torch.device,
+                     show: bool) -> _TeacherSide:
+    from vl2spike_ros.distill.teachers import build_teacher
+
+    tc = cfg.teacher
+    if not _needs_teacher(cfg.loss):
+        return _TeacherSide()
+    if tc.kind == "none":
+        raise ValueError("loss terms kd/svs_align/spl need a teacher; teacher.kind is 'none'")
+    key = (tc.kind, tc.name, tc.pretrained, tc.path, str(device))
+    if key not in _TEACHERS:  # frozen, so one instance can serve several runs in a process
+        _TEACHERS.clear()
+        _TEACHERS[key] = build_teacher(tc.kind, tc.name, tc.pretrained, tc.path, device=str(device))
+    teacher = _TEACHERS[key]
+    side = _TeacherSide(teacher=teacher)
+    side.text_spl = teacher.class_embeddings(data.classes, tc.templates).to(device)
+    side.text_kd = teacher.class_embeddings(data.classes, tc.kd_templates).to(device)
+    side.dim = int(side.text_spl.shape[1])
+    if not tc.online:
+        side.feats_train = cached_features(teacher, data.train, tc.cache_dir, device=str(device),
+                                           progress=show).to(device)
+    return side
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(student: nn.Module, data: ImageArray, batch_size: int, device: torch.device,
+             rate_batches: int = 4) -> dict[str, float]:
+    """Top-1 on ``data`` and the mean firing rate over LIF layers (first ``rate_batches``)."""
+    was = student.training
+    student.eval()
+    correct, rates = 0, []
+    loader = DataLoader(ArrayImageDataset(data, augment=False), batch_size=batch_size)
+    for i, (x, y, _) in enumerate(loader):
+        x, y = x.to(device), y.to(device)
+        if i < rate_batches:
+            with student.capture() as cap:
+                logits = student.forward_head(student.forward_features(x))
+            rates.append(torch.stack(list(cap.spike_rates.values())).float().mean().item())
+        else:
+            logits = student(x)
+        correct += int((logits.argmax(-1) == y).sum())
+    student.train(was)
+    return {"top1": correct / max(1, len(data)), "firing_rate": sum(rates) / max(1, len(rates))}
+
+
+def _energy(student: nn.Module, data: ImageArray, device: torch.device) -> dict[str, Any]:
+    try:
+        from vl2spike_ros.energy import student_energy
+    except ImportError:
+        log.warning("vl2spike_ros.energy not available; energy not reported")
+        return {}
+    x = torch.stack([ArrayImageDataset(data)[i][0] for i in range(min(32, len(data)))]).to(device)
+    student.eval()
+    e = student_energy(student, x)
+    return {"energy_mj": float(e["energy_mj"]), "energy_firing_rate": float(e["firing_rate"])}
+
+
+# ----------------------------------------------------------------------------- main loop
+class _Logger:
+    """Rank-0 metrics sink: CSV (``train_log.csv``) + TensorBoard (``tb/``)."""
+
+    def __init__(self, out: Path, enabled: bool, tensorboard: bool):
+        self.enabled, self.path, self.tb = enabled, out / "train_log.csv", None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(out / "tb"))
+
+    def log(self, step: int, row: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        new = not self.path.is_file()
+        with open(self.path, "a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=["step", *row])
+            if new:
+                w.writeheader()
+            w.writerow({"step": step, **{k: f"{v:.6g}" for k, v in row.items()}})
+        if self.tb is not None:
+            for k, v in row.items():
+                self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _make_loader(ds, sampler: DistributedSampler, epoch: int, skip_batches: int, bs: int,
+                 workers: int) -> DataLoader:
+    sampler.set_epoch(epoch)
+    ds.set_epoch(epoch)
+    order = list(sampler)[skip_batches * bs:]
+    return DataLoader(ds, batch_size=bs, sampler=order, drop_last=True, num_workers=workers)
+
+
+def run_distill(cfg: DistillConfig, out: str | Path, resume: bool = False) -> DistillResult:
+    """Train a student per ``cfg``; writes ``out/model.safetensors`` (+ .json), checkpoints,
+    ``train_log.csv``, ``tb/`` and ``metrics.json``. Returns the student and final metrics."""
+    from vl2spike_ros.models import create_model
+
+    out = Path(out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rank, world, device = _dist_init(_resolve_device(cfg.device))
+    show = rank == 0 and cfg.progress
+    torch.manual_seed(cfg.seed + rank)
+    t_start = time.time()
+    data = build_data(cfg.data, cfg.seed)
+    side = _prepare_teacher(cfg, data, device, show)
+    torch.manual_seed(cfg.seed)  # identical init on every rank
+    student = create_model(cfg.model, **{**cfg.model_overrides, "num_classes": len(data.classes)})
+    scale = cfg.teacher.logit_scale or getattr(side.teacher, "logit_scale", 100.0)
+    module = DistillModule(student, cfg.loss, side.dim, side.text_spl, side.text_kd,
+                           scale).to(device)
+    o = cfg.optim
+    opt = torch.optim.AdamW(_param_groups(module, o.weight_decay), lr=o.lr)
+    ds = ArrayImageDataset(data.train, augment=cfg.data.augment, pad=cfg.data.pad, seed=cfg.seed)
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                                 drop_last=True)
+    spe = len(sampler) // o.batch_size
+    if spe == 0:
+        raise ValueError(f"batch_size {o.batch_size} larger than the {len(sampler)} images per process")
+    total = o.epochs * spe if not o.max_steps else min(o.max_steps, o.epochs * spe)
+    sched = make_scheduler(opt, o.epochs * spe, spe, o)
+    step = 0
+    if resume and ckpt.read_state_json(out) is not None:
+        step = int(ckpt.load_checkpoint(out, student, module.losses, opt, sched, str(device))["step"])
+    elif out.joinpath(ckpt.STATE_JSON).exists() and rank == 0:
+        log.warning("%s holds a checkpoint; starting fresh (pass --resume to continue)", out)
+    train_mod = module
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        train_mod = DDP(module, device_ids=[device.index] if device.type == "cuda" else None,
+                        find_unused_parameters=True)
+    logger = _Logger(out, rank == 0, cfg.tensorboard)
+    meta = {"config": config_to_dict(cfg), "classes": list(data.classes),
+            "teacher_id": getattr(side.teacher, "teacher_id", None)}
+    amp = device.type == "cuda" and cfg.bf16
+    while step < total:
+        epoch, skip = divmod(step, spe)
+        loader = _make_loader(ds, sampler, epoch, skip, o.batch_size, cfg.data.num_workers)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{o.epochs}", disable=not show, mininterval=5)
+        module.train()
+        for x, y, idx in bar:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            tfeat = _teacher_feats(side, x, idx, device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                terms = train_mod(x, y, tfeat, step / spe)
+            opt.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            if o.grad_clip > 0:
+                nn.utils.clip_grad_norm_(module.parameters(), o.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            row = {k: float(v.detach()) for k, v in terms.items()}
+            row["lr"] = sched.get_last_lr()[0]
+            if show:
+                bar.set_postfix(loss=f"{row['total']:.3f}", acc=f"{row['_acc']:.2f}")
+            if step % 10 == 0 or step == total:
+                logger.log(step, {k.lstrip("_"): v for k, v in row.items()})
+            if step >= total:
+                break
+        if rank == 0:
+            info = {"step": step, "epoch": step / spe, "total_steps": total, "steps_per_epoch": spe}
+            ckpt.save_checkpoint(out, student, module.losses, opt, sched, info, meta)
+    metrics = _finish(cfg, out, data, student, side, device, rank, t_start, step, logger)
+    if world > 1:
+        dist.barrier()
+    return DistillResult(student=student, metrics=metrics)
+
+
+def _teacher_feats(side: _TeacherSide, x, idx, device) -> torch.Tensor | None:
+    if side.teacher is None:
+        return None
+    if side.feats_train is None:
+        return side.teacher.encode_image(x)
+    return side.feats_train[idx.to(device)]
+
+
+def _finish(cfg, out, data, student, side, device, rank, t_start, step, logger) -> dict[str, Any]:
+    from vl2spike_ros.atomic import write_json_atomic
+
+    metrics: dict[str, Any] = {"steps": step, "train_images": len(data.train)}
+    if rank == 0:
+        if cfg.bn_calibrate_batches:
+            _calibrate(student, data.train, cfg, device)
+        ev = evaluate(student, data.test, cfg.eval_batch_size, device)
+        metrics.update({"test_top1": ev["top1"], "firing_rate": ev["firing_rate"]})
+        if cfg.eval_val and data.val is not None and len(data.val):
+            metrics["val_top1"] = evaluate(student, data.val, cfg.eval_batch_size, device)["top1"]
+        metrics.update(_energy(student, data.test, device))
+        metrics["wall_s"] = round(time.time() - t_start, 1)
+        if logger.tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    logger.tb.add_scalar(f"final/{k}", v, step)
+        write_json_atomic(out / "metrics.json", metrics)
+        log.info("distill done: %s", {k: metrics[k] for k in ("test_top1", "firing_rate", "wall_s")})
+    logger.close()
+    return metrics
+
+
+def _calibrate(student, train: ImageArray, cfg: DistillConfig, device) -> None:
+    from vl2spike_ros.models import calibrate_bn
+
+    loader = DataLoader(ArrayImageDataset(train, augment=False), batch_size=cfg.optim.batch_size,
+                        shuffle=False)
+    calibrate_bn(student, (x.to(device) for x, _, _ in loader), max_batches=cfg.bn_calibrate_batches)

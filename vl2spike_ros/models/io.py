@@ -1,0 +1,137 @@
+"""Create, save and load Spikformer students (safetensors weights + JSON config, atomic writes)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vl2spike_ros.atomic import atomic_path, write_json_atomic
+from vl2spike_ros.paths import ASSETS_DIR
+
+from .config import SpikformerConfig, get_config
+from .spikformer import SpikformerStudent
+
+log = logging.getLogger(__name__)
+
+__all__ = ["create_model", "save_model", "load_model", "read_model_meta", "weights_hash",
+           "default_vpr_weights", "config_path_for"]
+
+FORMAT = "vl2spike_ros.spikformer_student/1"
+
+
+def create_model(name_or_config: str | SpikformerConfig, **overrides: Any) -> SpikformerStudent:
+    """A freshly initialised student from a registered name or a config (plus field overrides)."""
+    if isinstance(name_or_config, SpikformerConfig):
+        cfg = name_or_config
+        if overrides:
+            import dataclasses
+            cfg = dataclasses.replace(cfg, **overrides)
+    else:
+        cfg = get_config(name_or_config, **overrides)
+    return SpikformerStudent(cfg)
+
+
+def config_path_for(path: str | os.PathLike) -> Path:
+    """``model.safetensors`` -> ``model.json`` (the config + metadata file)."""
+    return Path(path).with_suffix(".json")
+
+
+def save_model(model: SpikformerStudent, path: str | os.PathLike,
+               metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``path`` (safetensors; ``.safetensors`` appended if missing) and its ``.json``.
+
+    Both writes are atomic. ``metadata`` (JSON-serialisable) is stored in the JSON file.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_name(path.name + ".safetensors")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT, "variant": model.config.name})
+    meta = {"format": FORMAT, "config": model.config.to_dict(), "weights_sha256_16": weights_hash(path),
+            "metadata": metadata or {}}
+    write_json_atomic(config_path_for(path), meta)
+    log.info("saved %s (%s)", path, model.config.name)
+    return path
+
+
+def read_model_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON metadata saved next to ``path`` (raises ``FileNotFoundError``/``ValueError``)."""
+    jpath = config_path_for(path)
+    if not jpath.is_file():
+        raise FileNotFoundError(f"model config {jpath} not found (saved next to {Path(path).name})")
+    try:
+        meta = json.loads(jpath.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{jpath}: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict) or "config" not in meta:
+        raise ValueError(f"{jpath}: no 'config' entry; not a vl2spike model file")
+    return meta
+
+
+def load_model(path: str | os.PathLike, expected: str | SpikformerConfig | None = None,
+               map_location: str | torch.device = "cpu") -> SpikformerStudent:
+    """Load a student saved by :func:`save_model`, in eval mode.
+
+    ``expected``: a variant name or config the file must match, else ``ValueError``.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model weights {path} not found")
+    cfg = SpikformerConfig.from_dict(read_model_meta(path)["config"])
+    if expected is not None:
+        want = get_config(expected) if isinstance(expected, str) else expected
+        if want != cfg:
+            diff = {k: (v, getattr(cfg, k)) for k, v in want.to_dict().items()
+                    if cfg.to_dict().get(k) != v}
+            raise ValueError(f"{path} holds variant {cfg.name!r}, expected {want.name!r}; "
+                             f"differences (expected, file): {diff}")
+    try:
+        state = load_file(str(path), device=str(map_location))
+    except Exception as exc:  # safetensors raises its own error types
+        raise ValueError(f"{path}: cannot read safetensors ({exc})") from exc
+    model = SpikformerStudent(cfg)
+    _load_state_checked(model, state, path)
+    model.to(map_location).eval()
+    return model
+
+
+def _load_state_checked(model: SpikformerStudent, state: dict[str, torch.Tensor], path: Path) -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"{path}: weights do not fit variant {model.config.name!r} "
+            f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
+            f"shape mismatches {wrong[:5]})")
+    model.load_state_dict(state, strict=True)
+
+
+def weights_hash(path: str | os.PathLike) -> str:
+    """sha256 of the safetensors file, first 16 hex characters."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model weights {path} not found")
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def default_vpr_weights() -> Path:
+    """Packaged default VPR weights (may not exist until ``make weights`` has run)."""
+    return ASSETS_DIR / "vpr_default.safetensors"

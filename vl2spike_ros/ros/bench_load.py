@@ -1,0 +1,339 @@
+"""Load benchmark of ``vpr_node``: a camera publisher at a fixed rate against the real node.
+
+    python -m vl2spike_ros.ros.bench_load --duration 60 --rate 30 60 --encoding raw jpeg \\
+        --json bench/results/node_load.json
+
+For every (rate, encoding) pair a fresh ``vpr_node`` subprocess is started (loopback-only DDS)
+with a map of real Nordland frames; this process publishes 640x480 ``rgb8`` frames (or JPEG
+``CompressedImage``) made from Nordland winter frames for ``--duration`` seconds and measures
+end-to-end latency (image stamp -> receipt of the ``vpr/candidates`` message stamped with it),
+frames processed vs sent, and the node's CPU time and RSS from ``/proc/PID/{stat,status}``.
+The top-level JSON fields describe the first run; ``runs`` holds all of them. A PNG with the
+latency over time is written next to the JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vl2spike_ros.atomic import write_json_atomic
+from vl2spike_ros.ros.env import apply_loopback_env
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` (``/proc/PID/stat`` fields 14 and 15)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_mem_mb(pid: int) -> dict[str, float]:
+    """``VmRSS`` and ``VmHWM`` (peak RSS) of ``pid`` in MiB from ``/proc/PID/status``."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(rest.split()[0]) / 1024.0
+    return out
+
+
+def vpr_node_exe() -> str:
+    """The installed ``vpr_node`` console script next to this interpreter (or on PATH)."""
+    import shutil
+
+    cand = Path(sys.executable).parent / "vpr_node"
+    found = str(cand) if cand.is_file() else shutil.which("vpr_node")
+    if not found:
+        raise FileNotFoundError("vpr_node console script not found (run `make setup`)")
+    return found
+
+
+def camera_frames(data_root: Path, n: int, width: int, height: int) -> list[np.ndarray]:
+    """``n`` Nordland winter frames upscaled to ``height x width`` RGB uint8."""
+    import cv2
+
+    from vl2spike_ros.ros.fixtures import nordland_frames
+
+    small = nordland_frames(data_root, "winter", start=300, count=n, step=3)
+    return [cv2.cvtColor(cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR),
+                         cv2.COLOR_GRAY2RGB) for f in small]
+
+
+class Prober:
+    """rclpy side of the benchmark: publishes frames, receives candidates and diagnostics."""
+
+    def __init__(self, compressed: bool) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+
+        self.ctx = rclpy.context.Context()
+        rclpy.init(context=self.ctx)
+        self.node = rclpy.create_node("vpr_load_bench", context=self.ctx)
+        self.pub = self.node.create_publisher(CompressedImage if compressed else Image,
+                                              "bench/image", qos_profile_sensor_data)
+        self.lock = threading.Lock()
+        self.latencies: dict[int, tuple[float, float]] = {}  # stamp -> (t_recv, latency ms)
+        self.diag: dict[str, str] = {}
+        self.node.create_subscription(PointCloud2, "vpr/candidates", self._on_cands, 50)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self._spin = threading.Thread(target=self._spin_loop, daemon=True)
+        self._running = True
+        self._spin.start()
+
+    def _spin_loop(self) -> None:
+        while self._running and self.ctx.ok():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def now_ns(self) -> int:
+        return time.time_ns()
+
+    def _on_cands(self, msg: Any) -> None:
+        t = time.time_ns()
+        stamp = int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
+        with self.lock:
+            self.latencies.setdefault(stamp, (time.monotonic(), (t - stamp) / 1e6))
+
+    def _on_diag(self, msg: Any) -> None:
+        for st in msg.status:
+            if "place recognition" in st.name:
+                self.diag = {kv.key: kv.value for kv in st.values}
+
+    def close(self) -> None:
+        import rclpy
+
+        self._running = False
+        self._spin.join(2)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.ctx)
+
+
+def start_node(params_file: Path, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    cmd = [vpr_node_exe(), "--ros-args", "--params-file", str(params_file),
+           "-r", "image:=bench/image"]
+    return subprocess.Popen(cmd, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+
+
+def make_msgs(frames: list[np.ndarray], compressed: bool) -> list[Any]:
+    from sensor_msgs.msg import CompressedImage, Image
+
+    from vl2spike_ros.io.images import array_to_compressed_msg, array_to_image_msg
+
+    if compressed:
+        return [array_to_compressed_msg(f, "jpeg", quality=90, msg_cls=CompressedImage)
+                for f in frames]
+    return [array_to_image_msg(f, "rgb8", msg_cls=Image) for f in frames]
+
+
+def wait_ready(prober: Prober, msgs: list[Any], proc: subprocess.Popen, timeout: float) -> None:
+    """Publish slowly until the node answers (discovery + model warm-up done)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"vpr_node exited with {proc.returncode} during start-up")
+        publish(prober, msgs[0])
+        time.sleep(0.5)
+        with prober.lock:
+            if prober.latencies:
+                prober.latencies.clear()
+                return
+    raise RuntimeError(f"vpr_node did not answer within {timeout:.0f} s")
+
+
+def publish(prober: Prober, msg: Any) -> int:
+    stamp = prober.now_ns()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 10**9)
+    prober.pub.publish(msg)
+    return stamp
+
+
+def _percentiles(lat: np.ndarray) -> dict[str, float | None]:
+    if lat.size == 0:
+        return {"latency_ms_p50": None, "latency_ms_p95": None, "latency_ms_max": None,
+                "latency_ms_mean": None}
+    return {"latency_ms_p50": float(np.percentile(lat, 50)),
+            "latency_ms_p95": float(np.percentile(lat, 95)),
+            "latency_ms_max": float(lat.max()), "latency_ms_mean": float(lat.mean())}
+
+
+def _drive(prober: Prober, msgs: list[Any], pid: int, rate: float, duration: float
+           ) -> tuple[list[int], list[float], float]:
+    """Publish at ``rate`` for ``duration`` s; returns (stamps sent, RSS samples MiB, wall s)."""
+    sent, rss = [], []
+    period, t0 = 1.0 / rate, time.monotonic()
+    next_t, i, next_rss = t0, 0, t0
+    while time.monotonic() - t0 < duration:
+        sent.append(publish(prober, msgs[i % len(msgs)]))
+        i += 1
+        if time.monotonic() >= next_rss:
+            rss.append(proc_mem_mb(pid)["VmRSS"])
+            next_rss += 1.0
+        next_t += period
+        time.sleep(max(0.0, next_t - time.monotonic()))
+    return sent, rss, time.monotonic() - t0
+
+
+def run_one(rate: float, compressed: bool, duration: float, node_params: dict[str, Any],
+            msgs: list[Any], env: dict[str, str], workdir: Path) -> dict[str, Any]:
+    """One (rate, encoding) run against a fresh node; returns its measurements."""
+    from vl2spike_ros.ros.fixtures import write_params_file
+
+    tag = f"{rate:g}hz_{'jpeg' if compressed else 'raw'}"
+    params = write_params_file(workdir / f"params_{tag}.yaml",
+                               {**node_params, "compressed_input": compressed})
+    log_path = workdir / f"vpr_node_{tag}.log"
+    proc = start_node(params, env, log_path)
+    prober = Prober(compressed)
+    rc = None
+    try:
+        wait_ready(prober, msgs, proc, timeout=180)
+        time.sleep(1.0)
+        with prober.lock:
+            prober.latencies.clear()
+        mem0, cpu0 = proc_mem_mb(proc.pid), proc_cpu_s(proc.pid)
+        load0 = os.getloadavg()[0]
+        sent, rss, wall = _drive(prober, msgs, proc.pid, rate, duration)
+        cpu1 = proc_cpu_s(proc.pid)
+        time.sleep(2.0)  # trailing matches and one more /diagnostics message
+        mem1 = proc_mem_mb(proc.pid)
+    finally:
+        prober_lat = dict(prober.latencies)
+        diag = dict(prober.diag)
+        prober.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                rc = proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = proc.wait(5)
+        else:
+            rc = proc.returncode
+    got = [(prober_lat[s][0], prober_lat[s][1]) for s in sent if s in prober_lat]
+    lat = np.array([g[1] for g in got])
+    res = {"rate_hz": rate, "encoding": "jpeg" if compressed else "rgb8",
+           "duration_s": round(wall, 3), "frames_sent": len(sent), "frames_processed": len(got),
+           "frames_dropped": len(sent) - len(got),
+           "processed_fraction": len(got) / max(1, len(sent)), **_percentiles(lat),
+           "node_cpu_percent": 100.0 * (cpu1 - cpu0) / wall,
+           "rss_mb_start": mem0["VmRSS"], "rss_mb_end": mem1["VmRSS"], "rss_mb_peak": mem1["VmHWM"],
+           "rss_mb_samples": rss, "loadavg_1min_at_start": load0,
+           "node_diagnostics": diag, "node_exit_code": rc, "node_log": str(log_path),
+           "latency_trace": [[round(t, 4), round(l, 3)] for t, l in got]}
+    res["targets"] = {"latency_p95_below_50ms": bool(lat.size) and res["latency_ms_p95"] < 50.0,
+                      "processed_at_least_95pct": res["processed_fraction"] >= 0.95,
+                      "rss_growth_below_20mb": res["rss_mb_end"] - res["rss_mb_start"] < 20.0}
+    return res
+
+
+def plot_runs(runs: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for r in runs:
+        tr = np.array(r["latency_trace"]) if r["latency_trace"] else np.zeros((0, 2))
+        if len(tr):
+            ax.plot(tr[:, 0] - tr[0, 0], tr[:, 1], ".", ms=2,
+                    label=f"{r['rate_hz']:g} Hz {r['encoding']}: p95 {r['latency_ms_p95']:.1f} ms, "
+                          f"{100 * r['processed_fraction']:.0f}% processed")
+    ax.axhline(50, color="k", lw=0.8, ls="--", label="50 ms target")
+    ax.set_xlabel("time since start of run (s)")
+    ax.set_ylabel("latency image stamp -> match (ms)")
+    ax.set_yscale("log")
+    ax.set_title("vpr_node end-to-end latency, 640x480 input")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def prepare(workdir: Path, data_root: Path, places: int, weights: str | None,
+            map_dir: str | None) -> tuple[Path, Path]:
+    """(weights, map folder): given ones, or built from Nordland summer frames."""
+    from vl2spike_ros.ros import fixtures
+
+    ref = fixtures.nordland_frames(data_root, "summer", start=300, count=places, step=3)
+    w = Path(weights) if weights else fixtures.node_weights(workdir, calib_frames=ref)
+    if map_dir:
+        return w, Path(map_dir)
+    m = fixtures.build_map(w, ref, workdir / "map", metas=fixtures.line_poses(places))
+    return w, m
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds per run")
+    ap.add_argument("--rate", type=float, nargs="+", default=[30.0], help="camera rate(s), Hz")
+    ap.add_argument("--encoding", nargs="+", choices=["raw", "jpeg"], default=["raw"],
+                    help="rgb8 Image and/or JPEG CompressedImage")
+    ap.add_argument("--compressed", action="store_true", help="same as --encoding jpeg")
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--places", type=int, default=200, help="map size (Nordland summer frames)")
+    ap.add_argument("--weights", help="student weights (default: packaged or BN-calibrated random)")
+    ap.add_argument("--map", help="prebuilt map folder (default: built from Nordland)")
+    ap.add_argument("--num-threads", type=int, default=1, help="node torch threads")
+    ap.add_argument("--data-root", help="data root (default: vl2spike_ros.paths.data_root())")
+    ap.add_argument("--json", default="bench/results/node_load.json")
+    ap.add_argument("--plot", help="PNG path (default: JSON path with .png)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = parse_args(argv)
+    from vl2spike_ros.paths import data_root
+
+    env = {**os.environ, **apply_loopback_env()}
+    root = Path(ns.data_root) if ns.data_root else data_root()
+    encodings = ["jpeg"] if ns.compressed else ns.encoding
+    workdir = Path(tempfile.mkdtemp(prefix="vpr_bench_load_"))
+    weights, map_dir = prepare(workdir, root, ns.places, ns.weights, ns.map)
+    frames = camera_frames(root, 30, ns.width, ns.height)
+    node_params = {"weights": str(weights), "map_dir": str(map_dir), "image_topic": "image",
+                   "top_k": 5, "num_threads": ns.num_threads, "diagnostics_period_s": 1.0}
+    runs = []
+    for enc in encodings:
+        msgs = make_msgs(frames, enc == "jpeg")
+        for rate in ns.rate:
+            print(f"[bench_load] {rate:g} Hz {enc} {ns.width}x{ns.height} for {ns.duration:g} s ...",
+                  flush=True)
+            r = run_one(rate, enc == "jpeg", ns.duration, node_params, msgs, env, workdir)
+            print(f"[bench_load]   processed {r['frames_processed']}/{r['frames_sent']} "
+                  f"p50 {r['latency_ms_p50']} ms p95 {r['latency_ms_p95']} ms "
+                  f"cpu {r['node_cpu_percent']:.0f}% rss {r['rss_mb_start']:.0f}->"
+                  f"{r['rss_mb_end']:.0f} MiB", flush=True)
+            runs.append(r)
+    out = {k: v for k, v in runs[0].items() if k != "latency_trace"}
+    out.update({"width": ns.width, "height": ns.height, "map_places": ns.places,
+                "weights": str(weights), "host_cpus": os.cpu_count(),
+                "note": "CPU shared with other processes; see loadavg_1min_at_start per run",
+                "runs": [{k: v for k, v in r.items() if k != "latency_trace"} for r in runs]})
+    json_path = Path(ns.json)
+    write_json_atomic(json_path, out)
+    plot_runs(runs, Path(ns.plot) if ns.plot else json_path.with_suffix(".png"))
+    print(f"[bench_load] wrote {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

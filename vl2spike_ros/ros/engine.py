@@ -1,0 +1,124 @@
+"""The node's single link to the VPR library (no rclpy import).
+
+:class:`Engine` wraps :class:`vl2spike_ros.vpr.pipeline.VPRPipeline` (the same per-frame code
+as ``vl2spike replay``) and adds what the node needs around it: an empty map in mapping mode,
+adding the last frame as a place, map reload / save, and live ``top_k`` / threshold changes.
+Callers serialise access (the node holds a lock).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vl2spike_ros.ros.params import NodeParams
+
+log = logging.getLogger(__name__)
+
+
+class EngineError(ValueError):
+    """The engine cannot be built from these parameters (one clear message)."""
+
+
+class Engine:
+    """Weights + map + matcher for the node (see module docstring)."""
+
+    def __init__(self, pipeline: Any, map_dir: str, weights: str) -> None:
+        self.pipe = pipeline
+        self.map_dir = map_dir
+        self.weights = weights
+        self._last_image: np.ndarray | None = None
+
+    @classmethod
+    def load(cls, p: NodeParams) -> "Engine":
+        """Load weights and map (checked to match); an empty map only in mapping mode."""
+        import torch
+
+        from vl2spike_ros.vpr.pipeline import VPRPipeline
+        from vl2spike_ros.vpr.placemap import PlaceMap
+
+        if not p.map_dir and not p.mapping_mode:
+            raise EngineError("parameter map_dir is empty: give a place map folder "
+                              "(or start with mapping_mode: true to build a new map)")
+        if p.num_threads > 0:
+            torch.set_num_threads(p.num_threads)
+        if p.device.startswith("cuda") and not torch.cuda.is_available():
+            raise EngineError(f"device {p.device!r} requested but CUDA is not available")
+        pipe = VPRPipeline(p.weights or None, p.map_dir or None, top_k=p.top_k,
+                           threshold=p.match_threshold, seq_len=p.sequence_length,
+                           device=p.device)
+        if pipe.map is None:
+            pipe.map = PlaceMap(int(pipe.model_meta["descriptor_dim"]), pipe.model_meta)
+        engine = cls(pipe, p.map_dir, p.weights or "(packaged default)")
+        engine.warm_up()
+        return engine
+
+    def warm_up(self) -> None:
+        """Run one synthetic frame so the first camera frame is not slowed by lazy set-up
+        (first-call allocations, the pipeline's one-off energy profiling)."""
+        h, w = self.pipe.img_size
+        frame = np.random.default_rng(0).integers(0, 256, (h, w), dtype=np.uint8)
+        if len(self):
+            self.pipe.process(frame)
+        else:
+            self.pipe.describe(frame)
+        self.pipe.reset()
+        self._last_image = None
+
+    def __len__(self) -> int:
+        return len(self.pipe.map)
+
+    def describe(self) -> str:
+        m = self.pipe.model_meta
+        return (f"weights {self.weights} ({m.get('variant')}, hash {m.get('weights_hash')}), "
+                f"map {self.map_dir or '(new, empty)'} with {len(self)} places, "
+                f"device {self.pipe.device}")
+
+    def set_matching(self, top_k: int, threshold: float) -> None:
+        self.pipe.top_k, self.pipe.threshold = int(top_k), float(threshold)
+
+    def process(self, image: np.ndarray) -> Any:
+        """MatchResult for one uint8 frame; an empty result when the map is still empty."""
+        self._last_image = image
+        if len(self) == 0:
+            from vl2spike_ros.vpr.pipeline import MatchResult
+
+            t0 = time.perf_counter()
+            self.pipe.describe(image)  # same work as a real frame; the map has nothing to search
+            return MatchResult(ids=np.zeros(0, np.int64), scores=np.zeros(0, np.float32),
+                               accepted=False, best_id=-1, best_score=float("-inf"),
+                               latency_ms=(time.perf_counter() - t0) * 1e3)
+        return self.pipe.process(image)
+
+    def place_meta(self, place_id: int) -> dict | None:
+        try:
+            return self.pipe.map.place(place_id)
+        except (KeyError, IndexError):
+            return None
+
+    def add_last(self, meta: dict[str, Any]) -> int:
+        """Add the last processed frame as a new place; returns its id."""
+        if self._last_image is None:
+            raise RuntimeError("no frame processed yet")
+        desc = self.pipe.describe(self._last_image)
+        ids = self.pipe.map.add(desc, [meta])
+        return int(ids[0])
+
+    def reload_map(self, map_dir: str) -> int:
+        """Replace the map by ``map_dir`` (checked against the model); old map kept on error."""
+        from vl2spike_ros.vpr.placemap import PlaceMap
+
+        if not map_dir:
+            raise EngineError("parameter map_dir is empty: nothing to reload")
+        pm = PlaceMap.load(map_dir, expect_model_meta=self.pipe.model_meta)
+        self.pipe.set_map(pm)
+        self.map_dir = map_dir
+        return len(pm)
+
+    def save_map(self, map_dir: str | Path) -> int:
+        """Write the current map (atomic files) to ``map_dir``; returns the place count."""
+        self.pipe.map.save(map_dir)
+        return len(self)

@@ -1,0 +1,71 @@
+"""Descriptor extraction: image arrays -> L2-normalised place descriptors.
+
+Preprocessing (shared by training, eval, replay and the ROS node): resize with
+``cv2.INTER_AREA`` to the model's input (H, W), convert to grey or RGB as the model needs,
+scale to [0, 1], then per-image standardisation (zero mean, unit std) for illumination
+invariance.
+"""
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def prepare_image(image: np.ndarray, img_size: tuple[int, int], in_chans: int) -> np.ndarray:
+    """One ``uint8`` image ``[H, W]`` / ``[H, W, C]`` (RGB) -> float32 ``[C, h, w]``."""
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        raise ValueError(f"expected an image [H, W] or [H, W, 1|3|4], got shape {image.shape}")
+    h, w = img_size
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.shape[:2] != (h, w):
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    if in_chans == 1:
+        if image.ndim == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        x = image[None].astype(np.float32)
+    else:
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        x = image.transpose(2, 0, 1).astype(np.float32)
+    x *= 1.0 / 255.0
+    x -= x.mean()
+    x /= x.std() + 1e-3
+    return x
+
+
+def preprocess(images: np.ndarray, img_size: tuple[int, int], in_chans: int) -> torch.Tensor:
+    """``uint8`` ``[N, H, W]`` or ``[N, H, W, C]`` -> float32 tensor ``[N, in_chans, h, w]``."""
+    images = np.asarray(images)
+    if images.ndim not in (3, 4):
+        raise ValueError(f"expected images [N, H, W] or [N, H, W, C], got shape {images.shape}")
+    return torch.from_numpy(np.stack([prepare_image(im, img_size, in_chans) for im in images]))
+
+
+def model_input_spec(model) -> tuple[tuple[int, int], int]:
+    """(img_size (H, W), in_chans) of a model with a ``.config``."""
+    cfg = model.config
+    return tuple(cfg.img_size), int(cfg.in_chans)
+
+
+@torch.no_grad()
+def extract_descriptors(model, images: np.ndarray, batch_size: int = 64,
+                        device: str = "cpu") -> np.ndarray:
+    """Descriptors ``[N, D]`` float32, L2-normalised, for ``uint8`` images ``[N, H, W(, C)]``."""
+    img_size, in_chans = model_input_spec(model)
+    model.eval()
+    out = []
+    for s in range(0, len(images), batch_size):
+        x = preprocess(images[s:s + batch_size], img_size, in_chans).to(device)
+        d = model.descriptor(x).float()
+        out.append(torch.nn.functional.normalize(d, dim=-1).cpu().numpy())
+    if not out:
+        raise ValueError("no images to describe")
+    return np.concatenate(out).astype(np.float32, copy=False)

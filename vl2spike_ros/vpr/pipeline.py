@@ -1,0 +1,204 @@
+"""VPRPipeline: the one per-frame path shared by ``vl2spike replay`` and the ROS node.
+
+model load -> map load (model mismatch refused) -> preprocess (INTER_AREA resize first) ->
+descriptor -> FAISS search (or dense scores + sequence matching) -> threshold -> MatchResult
+with latency, firing rate and an energy estimate.
+
+Per-frame energy is cheap: the first processed frame is profiled once with
+:func:`vl2spike_ros.energy.student_energy` (MACs of the first layer, SOPs, spike count); later
+frames count their spikes with forward hooks and scale: ``E = E_MAC*MACs + E_AC*SOPs_per_spike
+* spikes`` (SOPs per spike taken from the profiled frame).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vl2spike_ros.vpr.descriptors import extract_descriptors, prepare_image
+from vl2spike_ros.vpr.matching import SequenceMatcher, topk
+from vl2spike_ros.vpr.placemap import PlaceMap, check_model_meta
+
+log = logging.getLogger(__name__)
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def load_vpr_model(weights: str | Path | None = None, device: str = "cpu"):
+    """(model in eval mode, model_meta) from Spikformer or CNN safetensors (+ .json).
+
+    ``weights=None`` -> the packaged default VPR weights. ``model_meta`` has ``variant,
+    weights_hash, descriptor_dim, input_size [C, H, W]`` (what a PlaceMap records).
+    """
+    from vl2spike_ros.models import default_vpr_weights, load_model
+
+    path = Path(weights) if weights else default_vpr_weights()
+    if not path.is_file():
+        raise FileNotFoundError(f"VPR weights {path} not found"
+                                + ("" if weights else " (build them: vl2spike vpr train)"))
+    jpath = path.with_suffix(".json")
+    kind = json.loads(jpath.read_text()).get("kind") if jpath.is_file() else None
+    if kind == "cnn":
+        from vl2spike_ros.vpr.cnn import load_cnn
+        model = load_cnn(path)
+    else:
+        model = load_model(path, map_location=device)
+    model = model.to(device).eval()
+    cfg = model.config
+    meta = {"variant": cfg.name, "weights_hash": _file_hash(path),
+            "descriptor_dim": int(cfg.descriptor_dim),
+            "input_size": [int(cfg.in_chans), *map(int, cfg.img_size)]}
+    return model, meta
+
+
+def build_map(model, model_meta: dict, images: np.ndarray, metas: list[dict] | None = None,
+              factory: str = "Flat", batch_size: int = 64) -> PlaceMap:
+    """Describe ``images [N,H,W(,C)]`` and index them in a new :class:`PlaceMap`."""
+    descs = extract_descriptors(model, images, batch_size)
+    pm = PlaceMap(descs.shape[1], model_meta, factory)
+    pm.add(descs, metas)
+    return pm
+
+
+@dataclass
+class MatchResult:
+    """Outcome for one frame. ``ids/scores [k]`` best first; ``best_id`` -1 when none."""
+    ids: np.ndarray
+    scores: np.ndarray
+    accepted: bool
+    best_id: int
+    best_score: float
+    latency_ms: float
+    firing_rate: float | None = None
+    energy_mj: float | None = None
+    place: dict | None = field(default=None)
+
+
+class _SpikeCounter:
+    """Forward hooks summing the spikes of every LIF layer during one forward."""
+
+    def __init__(self, model):
+        from spikingjelly.activation_based import neuron
+        self.spikes = 0.0
+        self.neurons = 0
+        self.handles = [m.register_forward_hook(self._hook) for m in model.modules()
+                        if isinstance(m, neuron.BaseNode)]
+
+    def _hook(self, _m, _inp, out) -> None:
+        self.spikes += float(out.sum())
+        self.neurons += out.numel()
+
+    def reset(self) -> None:
+        self.spikes, self.neurons = 0.0, 0
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+class VPRPipeline:
+    """Per-frame place recognition. ``process(image) -> MatchResult``; stateful only through
+    the sequence matcher (``reset()`` clears it)."""
+
+    def __init__(self, weights: str | Path | None = None, map_dir: str | Path | None = None,
+                 top_k: int = 5, threshold: float = 0.0, seq_len: int = 1, device: str = "cpu",
+                 energy: bool = True):
+        if top_k < 1 or seq_len < 1:
+            raise ValueError(f"top_k and seq_len must be >= 1 (got {top_k}, {seq_len})")
+        self.model, self.model_meta = load_vpr_model(weights, device)
+        self.device, self.top_k, self.threshold = device, top_k, float(threshold)
+        self.img_size = tuple(self.model.config.img_size)
+        self.in_chans = int(self.model.config.in_chans)
+        self.map = PlaceMap.load(map_dir, expect_model_meta=self.model_meta) if map_dir else None
+        self.seq = SequenceMatcher(seq_len) if seq_len > 1 else None
+        self.is_spiking = hasattr(self.model, "lif_nodes")
+        self._counter = _SpikeCounter(self.model) if (energy and self.is_spiking) else None
+        self._energy_cal: dict | None = None
+        self._want_energy = energy
+        self.describe(np.zeros((*self.img_size, self.in_chans), np.uint8))  # warm-up
+
+    def set_map(self, pm: PlaceMap) -> None:
+        """Use an in-memory map (checked against this model)."""
+        check_model_meta(pm.model_meta, self.model_meta)
+        self.map = pm
+        self.reset()
+
+    def reset(self) -> None:
+        if self.seq is not None:
+            self.seq.reset()
+
+    @torch.inference_mode()
+    def describe(self, image: np.ndarray) -> np.ndarray:
+        """One image ``[H,W(,C)]`` uint8 -> descriptor ``[1, D]`` float32."""
+        x = torch.from_numpy(prepare_image(image, self.img_size, self.in_chans))[None]
+        d = self.model.descriptor(x.to(self.device)).float()
+        return torch.nn.functional.normalize(d, dim=-1).cpu().numpy()
+
+    def _search(self, desc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.seq is None:
+            s, i = self.map.search(desc, self.top_k)
+            return s[0], i[0]
+        row = self.seq.update(self.map.similarity(desc)[0])
+        s, i = topk(row[None], self.top_k)
+        return s[0], i[0]
+
+    def process(self, image: np.ndarray) -> MatchResult:
+        """Match one camera frame ``[H,W]`` or ``[H,W,C]`` (RGB) uint8 against the map."""
+        if self.map is None or len(self.map) == 0:
+            raise RuntimeError("VPRPipeline has no (or an empty) place map; load one first")
+        t0 = time.perf_counter()
+        if self._counter is not None:
+            self._counter.reset()
+        desc = self.describe(image)
+        scores, ids = self._search(desc)
+        latency = (time.perf_counter() - t0) * 1e3
+        best_id = int(ids[0]) if len(ids) and ids[0] >= 0 else -1
+        best = float(scores[0]) if best_id >= 0 else float("-inf")
+        fr, e = self._frame_energy(image)
+        return MatchResult(ids=ids, scores=scores, accepted=bool(best_id >= 0 and best >= self.threshold),
+                           best_id=best_id, best_score=best, latency_ms=latency, firing_rate=fr,
+                           energy_mj=e, place=self.map.place(best_id) if best_id >= 0 else None)
+
+    def _calibrate_energy(self, image: np.ndarray) -> dict:
+        """Profile one frame (outside the timed path): constant MAC energy + SOPs per spike."""
+        from vl2spike_ros import energy as en
+        x = torch.from_numpy(prepare_image(image, self.img_size, self.in_chans))[None]
+        if not self.is_spiking:
+            rep = en.teacher_energy(self.model.descriptor, x)
+            return {"mac_mj": rep["energy_mj"], "sop_per_spike": 0.0}
+        if self._counter is not None:
+            self._counter.close()
+        rep = en.student_energy(self.model, x, output="descriptor")
+        self._counter = _SpikeCounter(self.model)
+        with torch.inference_mode():
+            self.model.descriptor(x)
+        spikes = max(self._counter.spikes, 1.0)
+        return {"mac_mj": en.energy_mj(rep["macs"], 0.0), "sop_per_spike": rep["sops"] / spikes,
+                "e_ac_pj": en.E_AC_PJ}
+
+    def _frame_energy(self, image: np.ndarray) -> tuple[float | None, float | None]:
+        if not self._want_energy:
+            return None, None
+        if self._energy_cal is None:
+            spikes, neurons = (self._counter.spikes, self._counter.neurons) if self._counter else (0, 0)
+            self._energy_cal = self._calibrate_energy(image)
+            if self._counter is not None:
+                self._counter.spikes, self._counter.neurons = spikes, neurons
+        cal = self._energy_cal
+        if self._counter is None:
+            return None, cal["mac_mj"]
+        c = self._counter
+        fr = c.spikes / max(1, c.neurons)
+        return fr, cal["mac_mj"] + cal["e_ac_pj"] * cal["sop_per_spike"] * c.spikes * 1e-9

@@ -1,0 +1,101 @@
+"""Nordland training recipes (teacher CNN, Spikformer direct, Spikformer distilled).
+
+Protocol: train on the first ``train_frac`` (60 %) of Nordland places, both seasons; the last
+``val_frac`` of that training segment is held back for monitoring; the remaining 40 % of the
+route is the held-out test segment and is never touched here.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vl2spike_ros.vpr.datasets import load_nordland
+from vl2spike_ros.vpr.descriptors import preprocess
+from vl2spike_ros.vpr.evaluation import evaluate_aligned
+from vl2spike_ros.vpr.train import TrainConfig, train_descriptor
+
+log = logging.getLogger(__name__)
+
+
+def nordland_tensors(root: str | Path, split: str = "train", train_frac: float = 0.6,
+                     img_size=(32, 64), in_chans: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Preprocessed summer and winter tensors ``[N, C, H, W]`` of one split."""
+    s, _ = load_nordland(root, "summer", split, train_frac)
+    w, _ = load_nordland(root, "winter", split, train_frac)
+    return preprocess(s, img_size, in_chans), preprocess(w, img_size, in_chans)
+
+
+def split_val(a: torch.Tensor, b: torch.Tensor, val_frac: float):
+    """Last ``val_frac`` of the training places -> (train_a, train_b, val_a, val_b)."""
+    cut = int(round(len(a) * (1 - val_frac)))
+    return a[:cut], b[:cut], a[cut:], b[cut:]
+
+
+@torch.no_grad()
+def describe_tensor(model, x: torch.Tensor, batch_size: int = 128) -> np.ndarray:
+    """Descriptors ``[N, D]`` of preprocessed ``[N, C, H, W]``."""
+    model.eval()
+    out = [torch.nn.functional.normalize(model.descriptor(x[s:s + batch_size]).float(), dim=-1)
+           for s in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy()
+
+
+def val_recall_fn(va: torch.Tensor, vb: torch.Tensor):
+    """Validation callback: R@1 at +-1 frame in both directions (percent)."""
+    def fn(model) -> dict:
+        da, db = describe_tensor(model, va), describe_tensor(model, vb)
+        ab = evaluate_aligned(da @ db.T, tolerances=(1,), ns=(1,))["tol1"]["recall"]["r1"]
+        ba = evaluate_aligned(db @ da.T, tolerances=(1,), ns=(1,))["tol1"]["recall"]["r1"]
+        model.train()
+        return {"val_r1_s2w": round(ab, 2), "val_r1_w2s": round(ba, 2)}
+    return fn
+
+
+def train_on_nordland(model, root, out_ckpt: Path, cfg: TrainConfig, loss_fn=None,
+                      train_frac: float = 0.6, val_frac: float = 0.1) -> list[dict]:
+    """Train ``model`` (``.config.img_size/in_chans``) contrastively on the Nordland train split."""
+    a, b = nordland_tensors(root, "train", train_frac, tuple(model.config.img_size),
+                            int(model.config.in_chans))
+    ta, tb, va, vb = split_val(a, b, val_frac)
+    log.info("training on %d places, validating on %d", len(ta), len(va))
+    return train_descriptor(model, ta, tb, cfg, ckpt=out_ckpt, loss_fn=loss_fn,
+                            val_fn=val_recall_fn(va, vb) if len(va) else None)
+
+
+def train_spikformer(root, out_ckpt: Path, cfg: TrainConfig, variant: str = "spikformer_vpr",
+                     teacher=None, svs=None, train_frac: float = 0.6, val_frac: float = 0.1,
+                     **overrides):
+    """Spikformer student trained with InfoNCE (+ SVS distillation from ``teacher``).
+
+    Returns (model, history). The SVS projector is part of the loss and is not saved with the
+    model; its parameters are optimised together with the student's.
+    """
+    from vl2spike_ros.models import create_model
+    from vl2spike_ros.vpr.distill_vpr import SpikeVPRLoss, SVSWeights
+
+    model = create_model(variant, **overrides)
+    loss = SpikeVPRLoss(model.config.embed_dim, cfg.temperature, cfg.exclude_radius, teacher,
+                        teacher.config.descriptor_dim if teacher is not None else 0,
+                        svs or SVSWeights())
+    holder = _WithLoss(model, loss)
+    hist = train_on_nordland(holder, root, out_ckpt, cfg, loss_fn=holder.loss_fn,
+                             train_frac=train_frac, val_frac=val_frac)
+    return model.eval(), hist
+
+
+class _WithLoss(torch.nn.Module):
+    """Student + loss module (projector) as one trainable unit; behaves like the student."""
+
+    def __init__(self, model, loss):
+        super().__init__()
+        self.model, self.loss = model, loss
+        self.config = model.config
+
+    def descriptor(self, x):
+        return self.model.descriptor(x)
+
+    def loss_fn(self, _self, xa, xp, pa, pp):
+        return self.loss(self.model, xa, xp, pa, pp)

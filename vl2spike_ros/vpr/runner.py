@@ -1,0 +1,90 @@
+"""Database-vs-queries evaluation of one method (learned model, HOG or SAD) with timing.
+
+Used by ``vl2spike eval`` and ``vl2spike bench vpr``. Ground truth: metric radius when both
+sides have positions and ``radius`` is given, else sequence alignment (query i = place
+``i``, +-``tolerance`` frames).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from vl2spike_ros.vpr.baselines import BASELINES
+from vl2spike_ros.vpr.evaluation import (DEFAULT_NS, correct_by_frames, correct_by_radius,
+                                         evaluate_ranked, has_positive_by_radius)
+from vl2spike_ros.vpr.matching import sequence_scores, topk
+from vl2spike_ros.vpr.placemap import PlaceMap
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Method:
+    """``describe(images [N,H,W(,C)] uint8) -> [N, D]``; ``similarity(q, db) -> [Q, M]``."""
+    name: str
+    describe: Callable[[np.ndarray], np.ndarray]
+    similarity: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    faiss_ok: bool = False          # descriptors are unit vectors searched by inner product
+    energy_mj: float | None = None  # per query, if known
+
+
+def model_method(model, name: str = "model", batch_size: int = 64) -> Method:
+    from vl2spike_ros.vpr.descriptors import extract_descriptors
+    return Method(name, lambda x: extract_descriptors(model, x, batch_size),
+                  lambda q, d: q @ d.T, faiss_ok=True)
+
+
+def baseline_method(name: str) -> Method:
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; known: {sorted(BASELINES)}")
+    desc, sim = BASELINES[name]
+    return Method(name, desc, sim, faiss_ok=name == "hog")
+
+
+def rank(method: Method, q: np.ndarray, db: np.ndarray, k: int,
+         seq_len: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (scores, ids) ``[Q, k]``; FAISS exact search when possible and ``seq_len == 1``."""
+    if method.faiss_ok and seq_len == 1:
+        pm = PlaceMap(db.shape[1], {"variant": method.name})
+        pm.add(db)
+        return pm.search(q, min(k, len(db)))
+    sim = method.similarity(q, db)
+    if seq_len > 1:
+        sim = sequence_scores(sim, seq_len)
+    return topk(sim, k)
+
+
+def evaluate_sets(method: Method, db_images: np.ndarray, q_images: np.ndarray,
+                  tolerance: int = 1, radius: float | None = None,
+                  db_xy: np.ndarray | None = None, q_xy: np.ndarray | None = None,
+                  seq_len: int = 1, ns=DEFAULT_NS, db_desc: np.ndarray | None = None) -> dict:
+    """Metrics dict: ``recall {r1,r5,...}, pr_auc, recall_at_100p, queries_per_s, ...``.
+
+    ``queries_per_s`` times query description + search (the database is built beforehand).
+    """
+    db = method.describe(db_images) if db_desc is None else db_desc
+    t0 = time.perf_counter()
+    q = method.describe(q_images)
+    scores, ids = rank(method, q, db, max(ns), seq_len)
+    dt = time.perf_counter() - t0
+    if radius is not None and db_xy is not None and q_xy is not None:
+        correct, hp, gt = correct_by_radius(ids, q_xy, db_xy, radius), \
+            has_positive_by_radius(q_xy, db_xy, radius), f"radius {radius} m"
+    else:
+        if len(q_images) > len(db_images):
+            raise ValueError(f"{len(q_images)} queries but only {len(db_images)} database images: "
+                             "sequence alignment needs query i to show database place i "
+                             "(or give positions and a radius)")
+        correct = correct_by_frames(ids, np.arange(len(q)), tolerance)
+        hp, gt = None, f"aligned, tolerance +-{tolerance} frames"
+    res = evaluate_ranked(scores, correct, ns, hp)
+    res.update({"queries_per_s": len(q) / max(dt, 1e-9), "n_db": int(len(db)),
+                "n_queries": int(len(q)), "ground_truth": gt, "seq_len": int(seq_len),
+                "method": method.name})
+    if method.energy_mj is not None:
+        res["energy_mj_per_query"] = method.energy_mj
+    return res
