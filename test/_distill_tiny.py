@@ -51,6 +51,7 @@ def tiny_distill_dict(folder: Path, ckpt: Path, **loss) -> dict:
         "device": "cpu", "threads": 1, "progress": False, "tensorboard": False, "seed": 0,
         "data": {"source": "folder", "path": str(folder), "val_fraction": 0.25},
         "teacher": {"kind": "openclip", "name": TINY_CLIP, "pretrained": str(ckpt),
+                    "model_config": str(ckpt.parent / "oc_cfg" / f"{TINY_CLIP}.json"),
                     "templates": ["a photo of a {}.", "a picture of a {}."]},
         "loss": {"kd": {"enabled": True}, "svs_align": {"enabled": True},
                  "svs_temporal": {"enabled": True, "warmup_epochs": 0.0}, "spl": {"enabled": True},

@@ -333,3 +333,22 @@ def test_cli_errors(tmp_path, capsys):
                  "--poses", str(tmp_path / "p.csv")]) == 2
     assert "poses" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.data
+def test_cli_bag_from_nordland_frames(data_root, tmp_path):
+    """Real data: 20 Nordland frames -> png-compressed mono8 bag -> the same pixels back."""
+    import cv2
+
+    from vl2spike_ros.cli import main
+
+    folder = data_root / "nordland" / "summer"
+    files = sorted(folder.glob("images-*.png"))[:20]
+    assert len(files) == 20
+    out = tmp_path / "nordland"
+    assert main(["bag", "write", "--images", str(folder / "images-*.png"), "--out", str(out), "--limit", "20",
+                 "--grayscale", "--compressed", "--format", "png", "--start-ns", str(START)]) == 0
+    got = list(read_image_bag(out))
+    assert len(got) == 20
+    for g, f in zip(got, files):
+        np.testing.assert_array_equal(g.image, cv2.imread(str(f), cv2.IMREAD_GRAYSCALE))

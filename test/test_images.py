@@ -252,6 +252,23 @@ def test_compressed_depth_16uc1():
     np.testing.assert_array_equal(compressed_msg_to_array(msg), depth)
 
 
+def test_compressed_depth_32fc1_inverse_depth():
+    """image_transport's 32FC1 compressedDepth: PNG of quantised inverse depth + (A, B) header."""
+    import cv2
+
+    depth = np.linspace(0.5, 10.0, 48, dtype=np.float32).reshape(6, 8)
+    qa, qb = 1000.0, 0.0
+    inv = np.round(qa / depth + qb).astype(np.uint16)
+    inv[0, 0] = 0  # "no measurement"
+    ok, png = cv2.imencode(".png", inv)
+    msg = SimpleNamespace(format="32FC1; compressedDepth png", data=struct.pack("<iff", 0, qa, qb) + png.tobytes())
+    out = compressed_msg_to_array(msg)
+    assert out.dtype == np.float32 and np.isnan(out[0, 0])
+    np.testing.assert_allclose(out.reshape(-1)[1:], depth.reshape(-1)[1:], rtol=0.01)
+    with pytest.raises(ImageDecodeError, match="quantisation header"):
+        compressed_msg_to_array(SimpleNamespace(format=msg.format, data=png.tobytes()))
+
+
 @pytest.mark.parametrize(
     "data,match", [(b"", "empty compressed"), (b"not an image at all", "undecodable"), (b"\xff\xd8\xff\xe0" + bytes(20), "undecodable")]
 )

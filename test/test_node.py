@@ -297,6 +297,32 @@ def test_valid_parameter_change_applies_live(running):
         assert probe.set_param("top_k", TOP_K).successful
 
 
+def test_only_the_latest_frame_is_processed_when_slow(running):
+    """max_rate_hz 2: of a 40 Hz burst most frames are dropped (counted), the newest wins."""
+    probe, proc = running["probe"], running["proc"]
+    assert probe.set_param("max_rate_hz", 2.0).successful
+    try:
+        before = probe.latest_diag()
+        stamps = []
+        for i in range(40):
+            frame = running["ref"][i % N_PLACES]
+            stamps.append(probe.send(array_to_image_msg(frame, "mono8", msg_cls=Image)))
+            time.sleep(0.025)
+        wait_for(lambda: probe.cands.get(stamps[-1]), 10, "the newest frame's result", proc)
+        assert unpack_candidates(probe.cands[stamps[-1]])["id"][0] == 39 % N_PLACES
+        time.sleep(1.0)
+        after = probe.latest_diag()
+    finally:
+        assert probe.set_param("max_rate_hz", 0.0).successful
+    received = int(after["frames_received"]) - int(before["frames_received"])
+    dropped = int(after["frames_dropped"]) - int(before["frames_dropped"])
+    processed = int(after["frames_processed"]) - int(before["frames_processed"])
+    answered = sum(s in probe.cands for s in stamps)
+    assert received >= 30  # loopback delivers nearly all of them
+    assert dropped >= received - 8 and processed <= 8, (received, dropped, processed)
+    assert answered == processed and processed + dropped <= received
+
+
 def test_mapping_save_and_reload_services(running):
     from vl2spike_ros.vpr.placemap import PlaceMap
 

@@ -57,7 +57,8 @@ def test_replay_matches_eval(setup):
     tmp, w, db, q = setup
     info = build_map_from_source(str(db), str(tmp / "map"), weights=str(w))
     assert info["n_places"] == N
-    rows, out = run_replay(str(tmp / "qbag"), str(tmp / "map"), weights=str(w), top_k=3)
+    rows, out = run_replay(str(tmp / "qbag"), str(tmp / "map"), weights=str(w), top_k=3,
+                           tolerance=0)
     model, _ = load_vpr_model(w)
     m = model_method(model)
     qi = load_source(q, size=(32, 64)).images

@@ -33,6 +33,7 @@ class TeacherConfig:
     kind: str = "proxy"                # "proxy" | "openclip" | "none"
     name: str = ""                     # open_clip model name
     pretrained: str | None = None      # open_clip tag or checkpoint file
+    model_config: str | None = None    # extra open_clip model config JSON (custom architectures)
     path: str | None = None            # proxy weights (default: packaged asset)
     templates: tuple[str, ...] = DEFAULT_TEMPLATES   # SPL prompt ensemble
     kd_templates: tuple[str, ...] = ("a photo of a {}.",)  # classic KD: single prompt
@@ -165,7 +166,10 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {item!r}: cannot parse the value as YAML ({exc})") from exc
     return out
 
 

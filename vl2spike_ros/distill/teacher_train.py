@@ -51,10 +51,14 @@ def zero_shot_accuracy(teacher, data: ImageArray, text_emb: torch.Tensor,
     return correct / len(ds)
 
 
-def _lr_at(step: int, total: int, cfg: TeacherTrainConfig) -> float:
+def _lr_at(step: int, total: int, cfg: TeacherTrainConfig, elapsed_min: float = 0.0) -> float:
+    """Warm-up then cosine; with ``max_minutes`` the cosine progress is the larger of the step
+    and the wall-clock fraction, so the schedule always completes within the time cap."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    if cfg.max_minutes:
+        t = max(t, elapsed_min / cfg.max_minutes)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
@@ -80,13 +84,14 @@ def train_proxy_teacher(tar_path: str | Path, out: str | Path, cfg: TeacherTrain
     loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(cfg.seed))
     total, step, stopped_early = cfg.epochs * len(loader), 0, False
+    t_train = time.time()
     for epoch in range(cfg.epochs):
         ds.set_epoch(epoch)
         nn_train(tower, True)
         bar = tqdm(loader, desc=f"teacher epoch {epoch + 1}/{cfg.epochs}", mininterval=10)
         for x, y, _ in bar:
             for g in opt.param_groups:
-                g["lr"] = _lr_at(step, total, cfg)
+                g["lr"] = _lr_at(step, total, cfg, (time.time() - t_train) / 60)
             img = F.normalize(tower(teacher.preprocess(x)), dim=-1)
             logits = logit_scale.exp().clamp(max=100) * img @ text_emb.T
             loss = F.cross_entropy(logits, y)
@@ -95,7 +100,7 @@ def train_proxy_teacher(tar_path: str | Path, out: str | Path, cfg: TeacherTrain
             opt.step()
             step += 1
             bar.set_postfix(loss=f"{loss.item():.3f}")
-            if cfg.max_minutes and time.time() - t0 > cfg.max_minutes * 60:
+            if cfg.max_minutes and time.time() - t_train > cfg.max_minutes * 60:
                 stopped_early = True
                 break
         if stopped_early:

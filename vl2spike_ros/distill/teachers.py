@@ -95,10 +95,14 @@ class OpenCLIPTeacher(Teacher):
     """open_clip model ``name`` with ``pretrained`` = tag, local checkpoint file, or None."""
 
     def __init__(self, name: str, pretrained: str | None = None, device: str = "cpu",
-                 cache_dir: str | None = None):
+                 cache_dir: str | None = None, model_config: str | None = None):
         super().__init__()
         import open_clip
 
+        if model_config:  # a custom architecture: JSON file (or folder of them) named <name>.json
+            if not Path(model_config).exists():
+                raise FileNotFoundError(f"open_clip model config not found: {model_config}")
+            open_clip.add_model_config(model_config)
         if pretrained and _looks_like_path(pretrained) and not Path(pretrained).is_file():
             raise FileNotFoundError(f"open_clip checkpoint not found: {pretrained}")
         if name not in open_clip.list_models() and not name.startswith(("hf-hub:", "local-dir:")):
@@ -284,10 +288,12 @@ def load_proxy_tower(path: str | Path) -> tuple[ProxyImageTower, dict]:
 
 
 def build_teacher(kind: str, name: str = "", pretrained: str | None = None,
-                  path: str | None = None, device: str = "cpu") -> Teacher:
+                  path: str | None = None, device: str = "cpu",
+                  model_config: str | None = None) -> Teacher:
     """Teacher factory used by configs: ``kind`` in {"proxy", "openclip"}."""
     if kind == "proxy":
         return ProxyTeacher.load(path, device=device)
     if kind == "openclip":
-        return OpenCLIPTeacher(name, pretrained=pretrained or path, device=device)
+        return OpenCLIPTeacher(name, pretrained=pretrained or path, device=device,
+                               model_config=model_config)
     raise ValueError(f"unknown teacher kind {kind!r} (expected 'proxy' or 'openclip')")

@@ -159,10 +159,11 @@ def _prepare_teacher(cfg: DistillConfig, data: DistillData, device: torch.device
         return _TeacherSide()
     if tc.kind == "none":
         raise ValueError("loss terms kd/svs_align/spl need a teacher; teacher.kind is 'none'")
-    key = (tc.kind, tc.name, tc.pretrained, tc.path, str(device))
+    key = (tc.kind, tc.name, tc.pretrained, tc.path, tc.model_config, str(device))
     if key not in _TEACHERS:  # frozen, so one instance can serve several runs in a process
         _TEACHERS.clear()
-        _TEACHERS[key] = build_teacher(tc.kind, tc.name, tc.pretrained, tc.path, device=str(device))
+        _TEACHERS[key] = build_teacher(tc.kind, tc.name, tc.pretrained, tc.path, str(device),
+                                       tc.model_config)
     teacher = _TEACHERS[key]
     side = _TeacherSide(teacher=teacher)
     side.text_spl = teacher.class_embeddings(data.classes, tc.templates).to(device)

@@ -45,7 +45,6 @@ def loopback_env(domain_id: int | None = None, log_dir: str | None = None) -> di
         # on 0.0.0.0 and every interface (seen with `ss -uanp`); the profile keeps all on 127.0.0.1.
         "ROS_AUTOMATIC_DISCOVERY_RANGE": "SYSTEM_DEFAULT",
         "FASTDDS_DEFAULT_PROFILES_FILE": profile,
-        "FASTRTPS_DEFAULT_PROFILES_FILE": profile,
         "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
         "ROS_DOMAIN_ID": str(domain_id),
         "ROS_LOG_DIR": log_dir,
@@ -55,5 +54,7 @@ def loopback_env(domain_id: int | None = None, log_dir: str | None = None) -> di
 def apply_loopback_env(domain_id: int | None = None, log_dir: str | None = None) -> dict[str, str]:
     """Set :func:`loopback_env` in ``os.environ`` (before ``rclpy.init``) and return it."""
     env = loopback_env(domain_id, log_dir)
+    # ROS_LOCALHOST_ONLY=1 (deprecated) would switch rcl back to the LOCALHOST behaviour above.
+    os.environ.pop("ROS_LOCALHOST_ONLY", None)
     os.environ.update(env)
     return env
