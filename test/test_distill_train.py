@@ -110,3 +110,16 @@ def test_ddp_two_ranks_stay_identical(tiny, tmp_path):
     init = create_model("spikformer_cifar", **d["model_overrides"], num_classes=2).state_dict()
     assert any(not torch.equal(a[k], init[k]) for k in a if a[k].is_floating_point())  # it trained
     assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_cli_clear_errors(tmp_path, capsys):
+    from vl2spike_ros.cli import main
+
+    assert main(["distill", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path)]) == 2
+    assert "distill config not found" in capsys.readouterr().err
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("optim: {epochs: 1}\n")
+    assert main(["distill", "--config", str(cfg), "--set", "optim.bogus=1", "--out", str(tmp_path)]) == 2
+    assert "unknown config key" in capsys.readouterr().err
+    assert main(["teacher", "eval", "--weights", str(tmp_path / "none.safetensors")]) == 2
+    assert "proxy teacher weights not found" in capsys.readouterr().err

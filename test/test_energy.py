@@ -142,3 +142,23 @@ def _saved_vpr(tmp_path):
     from vl2spike_ros.models import save_model
 
     return save_model(_calibrated_vpr(), tmp_path / "w.safetensors")
+
+
+def test_speed_bench_measures_every_mode():
+    """Smoke test of ``vl2spike bench speed``'s measurement (no timing assertions)."""
+    from vl2spike_ros.bench.speed import measure_model
+
+    m = create_model("spikformer_vpr").eval()
+    x = _images(4)
+    r = measure_model(m, x[:1], x, seconds=0.01, compile_=False, heavy=True)
+    assert set(r["modes"]) == {"eager", "channels_last"}
+    assert r["mode"] in r["modes"] and r["fps_batch1"] > 0 and r["fps_batch4"] > 0
+    assert r["latency_ms_p95"] >= r["latency_ms_p50"] > 0
+
+
+def test_energy_cli_missing_weights_is_one_line_error(tmp_path, capsys):
+    from vl2spike_ros.cli import main
+
+    rc = main(["energy", "--weights", str(tmp_path / "nope.safetensors"), "--no-proxy"])
+    assert rc == 2
+    assert "not found" in capsys.readouterr().err

@@ -344,7 +344,7 @@ def test_mapping_save_and_reload_services(running):
     assert len(saved) == N_PLACES + 1
     place = saved.place(N_PLACES)
     assert place["stamp_ns"] == stamp
-    assert place["pose"]["position"][:2] == [123.0, -4.5]
+    assert place["pose"][:2] == [123.0, -4.5] and len(place["pose"]) == 7  # map format
     # the new place is found by its own frame, with the odometry pose
     _, msg = probe.query(array_to_image_msg(new, "mono8", msg_cls=Image), proc)
     got = unpack_candidates(msg)
@@ -468,3 +468,23 @@ def test_lifecycle_managed_node_with_jpeg_input(assets, ros_env):
         probe.close()
         rc = stop_node(proc, signal.SIGINT)
     assert rc == 0, (tmp / "managed.log").read_text()
+
+
+def test_load_benchmark_smoke(tmp_path, data_root, ros_env):
+    """`make bench-node` path, 2 s at 10 Hz: writes the documented fields with real counts."""
+    import json
+
+    out = tmp_path / "node_load.json"
+    cmd = [sys.executable, "-m", "vl2spike_ros.ros.bench_load", "--duration", "2", "--rate", "10",
+           "--places", "12", "--json", str(out), "--data-root", str(data_root)]
+    res = subprocess.run(cmd, env={**os.environ, **ros_env}, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    data = json.loads(out.read_text())
+    for key in ("rate_hz", "duration_s", "frames_sent", "frames_processed", "latency_ms_p50",
+                "latency_ms_p95", "rss_mb_start", "rss_mb_end"):
+        assert key in data, key
+    assert data["rate_hz"] == 10.0 and data["frames_sent"] >= 15
+    assert 0 < data["frames_processed"] <= data["frames_sent"]
+    assert data["latency_ms_p50"] > 0 and data["node_exit_code"] == 0
+    assert out.with_suffix(".png").stat().st_size > 0

@@ -125,3 +125,18 @@ def test_candidates_pack_unpack_and_pose_covariance():
     assert M.place_pose({"stamp_ns": 3}) is None
     markers = M.make_markers(h, arr)
     assert len(markers.markers) == 2  # DELETEALL + one sphere (the second place has no pose)
+
+
+def test_proc_readers_of_the_load_benchmark():
+    import os
+    import time
+
+    from vl2spike_ros.ros.bench_load import proc_cpu_s, proc_mem_mb
+
+    c0 = proc_cpu_s(os.getpid())
+    t = time.process_time()
+    while time.process_time() - t < 0.2:
+        pass
+    assert proc_cpu_s(os.getpid()) - c0 >= 0.1
+    mem = proc_mem_mb(os.getpid())
+    assert 0 < mem["RssAnon"] <= mem["VmRSS"] <= mem["VmHWM"]

@@ -412,8 +412,10 @@ def energy_report(variant: str | None = None, weights: str | None = None,
 
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
-    in_chans = (models.load_model(weights).config if weights else
-                models.get_config(variant or "spikformer_vpr")).in_chans
+    if weights is not None and not __import__("pathlib").Path(weights).is_file():
+        raise FileNotFoundError(f"student weights {weights} not found")
+    in_chans = (models.read_model_meta(weights)["config"]["in_chans"] if weights else
+                models.get_config(variant or "spikformer_vpr").in_chans)
     raw, source = load_real_images(in_chans, data_root, 2 * num_images)
     meas_raw, calib_raw = raw[0::2], raw[1::2]
     model, winfo = resolve_student(variant, weights, None if weights else

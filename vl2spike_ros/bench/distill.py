@@ -99,12 +99,17 @@ def run_benchmark(config: str | Path, json_out: str | Path, work: Path,
     arm_specs = {k: (v or {}) for k, v in spec["arms"].items() if not arms or k in arms}
     if not arm_specs:
         raise ValueError(f"no arms selected from {list(spec['arms'])}")
+    import torch
+
+    torch.set_num_threads(int(base.get("threads", 0) or torch.get_num_threads()))
     t0 = time.time()
     teacher = _teacher_side(base, work / "teacher_cache")
     log.info("teacher: %s", teacher)
     jobs = [(a, s) for s in spec["seeds"] for a in arm_specs]
     n_par = parallel or int(spec.get("parallel", 1))
-    with ProcessPoolExecutor(max_workers=n_par) as pool:
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(max_workers=n_par, mp_context=mp.get_context("spawn")) as pool:
         futs = {(a, s): pool.submit(_one_run, base, {**arm_specs[a], "seed": s},
                                     str(work / f"{a}_seed{s}")) for a, s in jobs}
         runs = {k: f.result() for k, f in futs.items()}

@@ -90,7 +90,6 @@ def measure_model(model, x1, xb, seconds: float, compile_: bool, heavy: bool) ->
     for name, fn in _modes(model, compile_).items():
         t0 = time.perf_counter()
         try:
-            fn(x1) if name != "compile" else None
             b1 = _time_calls(fn, x1, seconds, 5 if heavy else 20, 2000, 2 if heavy else 10)
             bb = _time_calls(fn, xb, seconds, 2 if heavy else 3, 200, 1)
         except Exception as exc:  # a mode that fails (e.g. compile) is reported, not fatal
@@ -125,3 +124,130 @@ def _frames(data_root: str | None, n: int):
     if root is not None and (root / "nordland").is_dir():
         return load_nordland_frames(root / "nordland", n), "nordland"
     return np.random.default_rng(0).integers(0, 256, (n, 32, 64), dtype=np.uint8), "random"
+
+
+def _student(variant: str, weights: str | None):
+    from vl2spike_ros import models
+
+    if weights is None and variant == "spikformer_vpr" and models.default_vpr_weights().is_file():
+        weights = str(models.default_vpr_weights())
+    if weights is not None:
+        m = models.load_model(weights, expected=variant)
+        return m, str(weights)
+    return models.create_model(variant).eval(), "random (speed does not depend on weights)"
+
+
+def run_speed(variants: list[str], weights: str | None = None, clip_arch: str = "ViT-B-32",
+              threads: int = 2, batch: int = 32, seconds: float = 4.0, compile_: bool = False,
+              data_root: str | None = None) -> dict:
+    """Measure students and the CLIP tower side by side; returns the result dict."""
+    import torch
+    from tqdm import tqdm
+
+    from vl2spike_ros.energy import ClipImageTower, student_input, teacher_input
+
+    if not variants:
+        raise ValueError("no student variants given")
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    frames, source = _frames(data_root, batch)
+    load_before = os.getloadavg()
+    res: dict[str, Any] = {"students": {}, "threads": threads, "batch": batch,
+                           "input": f"{source} frames 32x64 grey", "seconds_per_measure": seconds,
+                           "load_avg_before": [round(v, 2) for v in load_before]}
+    jobs = [("student", v) for v in variants] + [("teacher", clip_arch)]
+    for kind, name in tqdm(jobs, desc="bench speed", unit="model"):
+        if kind == "student":
+            model, wdesc = _student(name, weights if name == variants[0] else None)
+            x = student_input(frames, model.config)
+            heavy = model.config.img_size[0] * model.config.img_size[1] > 128 * 128
+            r = measure_model(model, x[:1], x, seconds, compile_, heavy)
+            r.update(weights=wdesc, img_size=list(model.config.img_size), T=model.config.T)
+            res["students"][name] = r
+        else:
+            tower = ClipImageTower(name).eval()
+            x = teacher_input(frames)
+            r = measure_model(tower, x[:1], x, seconds, compile_, heavy=True)
+            r.update(name=f"open_clip {name} image tower (random weights; speed does not depend "
+                          "on weight values)", input=f"32x64 upsampled to {tower.size} RGB")
+            res["teacher"] = r
+    res["load_avg_after"] = [round(v, 2) for v in os.getloadavg()]
+    s, t = res["students"][variants[0]], res["teacher"]
+    key = f"fps_batch{batch}"
+    res["student"] = {"variant": variants[0], **s}
+    res["speedup"] = s["fps_batch1"] / t["fps_batch1"]
+    res["speedup_batchN"] = s[key] / t[key]
+    res["targets"] = {"student_fps_batch1": TARGET_FPS_B1, "speedup": TARGET_SPEEDUP,
+                      "met_fps": s["fps_batch1"] >= TARGET_FPS_B1,
+                      "met_speedup": res["speedup"] >= TARGET_SPEEDUP}
+    res["env"] = {"torch": torch.__version__, "python": platform.python_version(),
+                  "cpu_count": os.cpu_count(), "machine": platform.machine()}
+    return res
+
+
+def format_table(res: dict) -> str:
+    key = f"fps_batch{res['batch']}"
+    rows = [("model", "mode", "b1 p50 ms", "b1 p95 ms", "b1 fps", f"b{res['batch']} fps")]
+    named = [(n, r) for n, r in res["students"].items()] + [("teacher " + res["teacher"]["name"]
+                                                              .split(" (")[0], res["teacher"])]
+    for n, r in named:
+        for mode, m in r["modes"].items():
+            if "error" in m:
+                rows.append((n, mode, "error", "", "", ""))
+                continue
+            star = "*" if mode == r["mode"] else ""
+            rows.append((n, mode + star, f"{m['latency_ms_p50']:.2f}", f"{m['latency_ms_p95']:.2f}",
+                         f"{m['fps_batch1']:.1f}", f"{m[key]:.1f}"))
+    w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(x) for c, x in zip(r, w)) for r in rows]
+    lines.insert(1, "  ".join("-" * x for x in w))
+    lines.append(f"speedup student/teacher: batch-1 {res['speedup']:.1f}x, batch-{res['batch']} "
+                 f"{res['speedup_batchN']:.1f}x  (* = fastest batch-1 mode; "
+                 f"{res['threads']} threads; load avg before {res['load_avg_before']}, after "
+                 f"{res['load_avg_after']})")
+    return "\n".join(lines)
+
+
+def plot_speed(res: dict, path) -> None:
+    """Grouped bars: batch-1 fps and batch-N fps per model (best mode), log scale."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vl2spike_ros.atomic import atomic_path
+
+    key = f"fps_batch{res['batch']}"
+    names = list(res["students"]) + ["CLIP " + res["teacher"]["name"].split()[1]]
+    recs = list(res["students"].values()) + [res["teacher"]]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = range(len(names))
+    ax.bar([i - 0.2 for i in xs], [r["fps_batch1"] for r in recs], 0.4, label="batch 1")
+    ax.bar([i + 0.2 for i in xs], [r[key] for r in recs], 0.4, label=f"batch {res['batch']}")
+    ax.set_xticks(list(xs), names)
+    ax.set_yscale("log")
+    ax.set_ylabel("images / s (CPU)")
+    ax.set_title(f"speed on {res['threads']} CPU threads: student {res['speedup']:.1f}x teacher "
+                 "(batch 1)", fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def run(ns: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from vl2spike_ros.atomic import write_json_atomic
+
+    res = run_speed(ns.variants, weights=ns.weights, clip_arch=ns.clip_arch, threads=ns.threads,
+                    batch=ns.batch, seconds=ns.seconds, compile_=ns.compile,
+                    data_root=ns.data_root)
+    plot = ns.plot or (ns.json.with_name(ns.json.stem + ".png") if ns.json else None)
+    if plot is not None:
+        plot_speed(res, plot)
+        res["plot"] = str(plot)
+    print(format_table(res))
+    if ns.json is not None:
+        write_json_atomic(ns.json, res)
+        print(f"wrote {ns.json}" + (f" and {plot}" if plot else ""))
+    return 0

@@ -20,6 +20,8 @@ def register(subparsers) -> None:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--train-limit", type=int, default=0, help="use N training images (0 = all)")
     tr.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock cap (0 = none)")
+    tr.add_argument("--widths", default="16,32,64,128",
+                    help="ResNet stage widths of the image tower (comma-separated)")
     tr.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     tr.set_defaults(func=_train)
     ev = sub.add_parser("eval", help="zero-shot top-1 of a proxy teacher on CIFAR-10 test")
@@ -37,7 +39,8 @@ def _train(ns) -> int:
 
     torch.set_num_threads(ns.threads)
     cfg = TeacherTrainConfig(epochs=ns.epochs, batch_size=ns.batch_size, lr=ns.lr, seed=ns.seed,
-                             train_limit=ns.train_limit, max_minutes=ns.max_minutes)
+                             train_limit=ns.train_limit, max_minutes=ns.max_minutes,
+                             widths=tuple(int(w) for w in ns.widths.split(",")))
     command = "vl2spike " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     meta = train_proxy_teacher(cifar10_tar(ns.data), ns.out or PROXY_ASSET, cfg, command=command)
     print(json.dumps({k: meta[k] for k in ("zero_shot_top1_test", "train_minutes", "steps")}))

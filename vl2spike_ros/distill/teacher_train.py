@@ -33,7 +33,7 @@ class TeacherTrainConfig:
     lr: float = 3e-3
     weight_decay: float = 5e-4
     warmup_steps: int = 100
-    widths: tuple[int, ...] = (32, 64, 128, 256)
+    widths: tuple[int, ...] = (16, 32, 64, 128)
     seed: int = 0
     train_limit: int = 0          # 0 = all 50k training images
     max_minutes: float = 0.0      # 0 = no wall-clock cap (stop early if exceeded)

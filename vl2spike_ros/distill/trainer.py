@@ -245,20 +245,38 @@ def _make_loader(ds, sampler: DistributedSampler, epoch: int, skip_batches: int,
     return DataLoader(ds, batch_size=bs, sampler=order, drop_last=True, num_workers=workers)
 
 
-def run_distill(cfg: DistillConfig, out: str | Path, resume: bool = False) -> DistillResult:
-    """Train a student per ``cfg``; writes ``out/model.safetensors`` (+ .json), checkpoints,
-    ``train_log.csv``, ``tb/`` and ``metrics.json``. Returns the student and final metrics."""
+@dataclass
+class _Run:
+    """Everything one training run holds (built by :func:`_setup`)."""
+
+    cfg: DistillConfig
+    out: Path
+    rank: int
+    world: int
+    device: torch.device
+    data: DistillData
+    side: _TeacherSide
+    student: nn.Module
+    module: DistillModule
+    train_mod: nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any
+    ds: ArrayImageDataset
+    sampler: DistributedSampler
+    spe: int
+    total: int
+    step: int = 0
+    logger: Any = None
+
+
+def _setup(cfg: DistillConfig, out: Path, resume: bool) -> _Run:
     from vl2spike_ros.models import create_model
 
-    out = Path(out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rank, world, device = _dist_init(_resolve_device(cfg.device))
-    show = rank == 0 and cfg.progress
-    torch.manual_seed(cfg.seed + rank)
-    t_start = time.time()
     data = build_data(cfg.data, cfg.seed)
-    side = _prepare_teacher(cfg, data, device, show)
+    side = _prepare_teacher(cfg, data, device, rank == 0 and cfg.progress)
     torch.manual_seed(cfg.seed)  # identical init on every rank
     student = create_model(cfg.model, **{**cfg.model_overrides, "num_classes": len(data.classes)})
     scale = cfg.teacher.logit_scale or getattr(side.teacher, "logit_scale", 100.0)
@@ -284,42 +302,61 @@ def run_distill(cfg: DistillConfig, out: str | Path, resume: bool = False) -> Di
         from torch.nn.parallel import DistributedDataParallel as DDP
         train_mod = DDP(module, device_ids=[device.index] if device.type == "cuda" else None,
                         find_unused_parameters=True)
-    logger = _Logger(out, rank == 0, cfg.tensorboard)
-    meta = {"config": config_to_dict(cfg), "classes": list(data.classes),
-            "teacher_id": getattr(side.teacher, "teacher_id", None)}
-    amp = device.type == "cuda" and cfg.bf16
-    while step < total:
-        epoch, skip = divmod(step, spe)
-        loader = _make_loader(ds, sampler, epoch, skip, o.batch_size, cfg.data.num_workers)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{o.epochs}", disable=not show, mininterval=5)
-        module.train()
-        for x, y, idx in bar:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            tfeat = _teacher_feats(side, x, idx, device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                terms = train_mod(x, y, tfeat, step / spe)
-            opt.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            if o.grad_clip > 0:
-                nn.utils.clip_grad_norm_(module.parameters(), o.grad_clip)
-            opt.step()
-            sched.step()
-            step += 1
-            row = {k: float(v.detach()) for k, v in terms.items()}
-            row["lr"] = sched.get_last_lr()[0]
-            if show:
-                bar.set_postfix(loss=f"{row['total']:.3f}", acc=f"{row['_acc']:.2f}")
-            if step % 10 == 0 or step == total:
-                logger.log(step, {k.lstrip("_"): v for k, v in row.items()})
-            if step >= total:
-                break
-        if rank == 0:
-            info = {"step": step, "epoch": step / spe, "total_steps": total, "steps_per_epoch": spe}
-            ckpt.save_checkpoint(out, student, module.losses, opt, sched, info, meta)
-    metrics = _finish(cfg, out, data, student, side, device, rank, t_start, step, logger)
-    if world > 1:
+    return _Run(cfg, out, rank, world, device, data, side, student, module, train_mod, opt, sched,
+                ds, sampler, spe, total, step, _Logger(out, rank == 0, cfg.tensorboard))
+
+
+def _train_epoch(r: _Run) -> None:
+    """Optimizer steps from ``r.step`` to the end of its epoch (or ``r.total``)."""
+    o, show = r.cfg.optim, r.rank == 0 and r.cfg.progress
+    epoch, skip = divmod(r.step, r.spe)
+    loader = _make_loader(r.ds, r.sampler, epoch, skip, o.batch_size, r.cfg.data.num_workers)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{o.epochs}", disable=not show, mininterval=5)
+    amp = r.device.type == "cuda" and r.cfg.bf16
+    r.module.train()
+    for x, y, idx in bar:
+        x, y = x.to(r.device, non_blocking=True), y.to(r.device, non_blocking=True)
+        tfeat = _teacher_feats(r.side, x, idx, r.device)
+        with torch.autocast(r.device.type, dtype=torch.bfloat16, enabled=amp):
+            terms = r.train_mod(x, y, tfeat, r.step / r.spe)
+        r.opt.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        if o.grad_clip > 0:
+            nn.utils.clip_grad_norm_(r.module.parameters(), o.grad_clip)
+        r.opt.step()
+        r.sched.step()
+        r.step += 1
+        row = {k.lstrip("_"): float(v.detach()) for k, v in terms.items()}
+        row["lr"] = r.sched.get_last_lr()[0]
+        if show:
+            bar.set_postfix(loss=f"{row['total']:.3f}", acc=f"{row['acc']:.2f}")
+        if r.step % 10 == 0 or r.step == r.total:
+            r.logger.log(r.step, row)
+        if r.step >= r.total:
+            break
+
+
+def run_distill(cfg: DistillConfig, out: str | Path, resume: bool = False) -> DistillResult:
+    """Train a student per ``cfg``; writes ``out/model.safetensors`` (+ .json), checkpoints,
+    ``train_log.csv``, ``tb/`` and ``metrics.json``. Returns the student and final metrics."""
+    t_start = time.time()
+    r = _setup(cfg, Path(out), resume)
+    meta = {"config": config_to_dict(cfg), "classes": list(r.data.classes),
+            "teacher_id": getattr(r.side.teacher, "teacher_id", None)}
+    while r.step < r.total:
+        _train_epoch(r)
+        if r.rank == 0:
+            info = {"step": r.step, "epoch": r.step / r.spe, "total_steps": r.total,
+                    "steps_per_epoch": r.spe}
+            ckpt.save_checkpoint(r.out, r.student, r.module.losses, r.opt, r.sched, info, meta)
+    if r.world > 1:  # BN running stats drift per rank after the last step: take rank 0's
+        for b in r.module.buffers():
+            dist.broadcast(b.data, 0)
+    metrics = _finish(cfg, r.out, r.data, r.student, r.side, r.device, r.rank, t_start, r.step,
+                      r.logger)
+    if r.world > 1:
         dist.barrier()
-    return DistillResult(student=student, metrics=metrics)
+    return DistillResult(student=r.student, metrics=metrics)
 
 
 def _teacher_feats(side: _TeacherSide, x, idx, device) -> torch.Tensor | None:

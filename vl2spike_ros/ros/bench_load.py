@@ -14,7 +14,6 @@ latency over time is written next to the JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -41,11 +40,12 @@ def proc_cpu_s(pid: int) -> float:
 
 
 def proc_mem_mb(pid: int) -> dict[str, float]:
-    """``VmRSS`` and ``VmHWM`` (peak RSS) of ``pid`` in MiB from ``/proc/PID/status``."""
+    """``VmRSS``, ``VmHWM`` (peak RSS) and ``RssAnon`` (private heap, excludes mapped shared
+    libraries such as libtorch) of ``pid`` in MiB from ``/proc/PID/status``."""
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon"):
             out[key] = int(rest.split()[0]) / 1024.0
     return out
 
@@ -174,16 +174,17 @@ def _percentiles(lat: np.ndarray) -> dict[str, float | None]:
 
 
 def _drive(prober: Prober, msgs: list[Any], pid: int, rate: float, duration: float
-           ) -> tuple[list[int], list[float], float]:
+           ) -> tuple[list[int], list[list[float]], float]:
     """Publish at ``rate`` for ``duration`` s; returns (stamps sent, RSS samples MiB, wall s)."""
-    sent, rss = [], []
+    sent, rss = [], []  # RSS samples: (VmRSS, RssAnon) once a second
     period, t0 = 1.0 / rate, time.monotonic()
     next_t, i, next_rss = t0, 0, t0
     while time.monotonic() - t0 < duration:
         sent.append(publish(prober, msgs[i % len(msgs)]))
         i += 1
         if time.monotonic() >= next_rss:
-            rss.append(proc_mem_mb(pid)["VmRSS"])
+            m = proc_mem_mb(pid)
+            rss.append([round(m["VmRSS"], 1), round(m["RssAnon"], 1)])
             next_rss += 1.0
         next_t += period
         time.sleep(max(0.0, next_t - time.monotonic()))
@@ -234,7 +235,8 @@ def run_one(rate: float, compressed: bool, duration: float, node_params: dict[st
            "processed_fraction": len(got) / max(1, len(sent)), **_percentiles(lat),
            "node_cpu_percent": 100.0 * (cpu1 - cpu0) / wall,
            "rss_mb_start": mem0["VmRSS"], "rss_mb_end": mem1["VmRSS"], "rss_mb_peak": mem1["VmHWM"],
-           "rss_mb_samples": rss, "loadavg_1min_at_start": load0,
+           "rss_anon_mb_start": mem0["RssAnon"], "rss_anon_mb_end": mem1["RssAnon"],
+           "rss_mb_samples_vmrss_anon": rss, "loadavg_1min_at_start": load0,
            "node_diagnostics": diag, "node_exit_code": rc, "node_log": str(log_path),
            "latency_trace": [[round(t, 4), round(l, 3)] for t, l in got]}
     res["targets"] = {"latency_p95_below_50ms": bool(lat.size) and res["latency_ms_p95"] < 50.0,

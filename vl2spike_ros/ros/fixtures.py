@@ -66,9 +66,10 @@ def random_weights(out_dir: str | Path, calib_frames: np.ndarray, seed: int = 0,
                       metadata={"note": "random init, BN calibrated on Nordland (tests)"})
 
 
-def line_poses(n: int, spacing: float = 10.0) -> list[dict[str, Any]]:
-    """Place metadata with poses along the x axis (``{"pose": {"position", "orientation"}}``)."""
-    return [{"pose": {"position": [i * spacing, 0.0, 0.0], "orientation": [0.0, 0.0, 0.0, 1.0]}}
+def line_poses(n: int, spacing: float = 10.0, frame_id: str = "map") -> list[dict[str, Any]]:
+    """Place metadata with poses along the x axis, in the map format
+    ``{"pose": [x, y, z, qx, qy, qz, qw], "frame_id": ...}``."""
+    return [{"pose": [i * spacing, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], "frame_id": frame_id}
             for i in range(n)]
 
 

@@ -37,8 +37,9 @@ _FIELDS = [("x", 0, PointField.FLOAT32), ("y", 4, PointField.FLOAT32),
 def place_pose(meta: Mapping[str, Any] | None) -> tuple[list[float], list[float]] | None:
     """Position ``[x, y, z]`` and quaternion ``[x, y, z, w]`` stored with a place, or None.
 
-    Accepts ``{"pose": {"position": [..], "orientation": [..]}}``, ``{"pose": [x, y, z, qx, qy,
-    qz, qw]}`` / ``[x, y, (z)]``, or top-level ``x, y, (z, yaw)`` keys.
+    The map format (``vl2spike map build``, mapping mode) is ``{"pose": [x, y, z, qx, qy, qz,
+    qw]}``; ``[x, y]`` / ``[x, y, z]``, ``{"pose": {"position", "orientation"}}`` and top-level
+    ``x, y, (z, yaw)`` keys are read too.
     """
     if not meta:
         return None
@@ -60,9 +61,8 @@ def place_pose(meta: Mapping[str, Any] | None) -> tuple[list[float], list[float]
 
 
 def pose_meta(position: Sequence[float], orientation: Sequence[float]) -> dict[str, Any]:
-    """Place metadata entry for a pose (the format :func:`place_pose` reads first)."""
-    return {"pose": {"position": [float(v) for v in position],
-                     "orientation": [float(v) for v in orientation]}}
+    """Place metadata entry for a pose, in the map format ``{"pose": [x, y, z, qx, qy, qz, qw]}``."""
+    return {"pose": [float(v) for v in (*position, *orientation)]}
 
 
 def confidence(score: float) -> float:

@@ -75,7 +75,7 @@ class VPRNode(LifecycleNode):
         self.engine_lock = threading.RLock()
         self.config_error: str | None = None
         self.mapping = self.params.mapping_mode
-        self._latest_pose: tuple[list[float], list[float]] | None = None
+        self._latest_pose: tuple[list[float], list[float], str] | None = None
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
         self._limiter = RateLimiter(self.params.max_rate_hz)
@@ -188,7 +188,7 @@ class VPRNode(LifecycleNode):
         pose = msg.pose.pose if hasattr(msg.pose, "pose") else msg.pose
         self._latest_pose = ([pose.position.x, pose.position.y, pose.position.z],
                              [pose.orientation.x, pose.orientation.y, pose.orientation.z,
-                              pose.orientation.w])
+                              pose.orientation.w], msg.header.frame_id)
 
     def _work(self) -> None:
         while not self._stop.is_set():
@@ -257,10 +257,13 @@ class VPRNode(LifecycleNode):
         if self._since_map < self.params.mapping_stride:
             return
         self._since_map = 0
-        meta: dict[str, Any] = {"stamp_ns": int(msg.header.stamp.sec) * 10**9
-                                + int(msg.header.stamp.nanosec), "frame_id": msg.header.frame_id}
+        meta: dict[str, Any] = {"source": "vpr_node mapping", "stamp_ns": int(msg.header.stamp.sec)
+                                * 10**9 + int(msg.header.stamp.nanosec),
+                                "camera_frame_id": msg.header.frame_id}
         if self._latest_pose is not None:
-            meta.update(M.pose_meta(*self._latest_pose))
+            position, orientation, frame_id = self._latest_pose
+            meta.update(M.pose_meta(position, orientation))
+            meta["frame_id"] = frame_id or self.params.map_frame_id
         engine.add_last(meta)
         with self.stats.lock:
             self.stats.mapped += 1
@@ -273,9 +276,9 @@ class VPRNode(LifecycleNode):
         if res.accepted and best is not None:  # the pose first: candidates close the frame
             pose = M.place_pose(metas.get(best))
             if pose is not None:
-                score = _score_of(res, best)
                 self._pubs["pose"].publish(M.make_pose_msg(
-                    out_header, pose, score, p.position_variance, p.orientation_variance))
+                    out_header, pose, float(res.best_score), p.position_variance,
+                    p.orientation_variance))
         self._pubs["candidates"].publish(cands)
         if "markers" in self._pubs:
             self._pubs["markers"].publish(M.make_markers(out_header, M.unpack_candidates(cands)))
@@ -347,11 +350,13 @@ class VPRNode(LifecycleNode):
         self._diag_pub.publish(msg)
 
 
-def _score_of(res: Any, place_id: int) -> float:
-    for i, s in zip(res.ids, res.scores):
-        if int(i) == place_id:
-            return float(s)
-    return float(res.scores[0]) if len(res.scores) else 0.0
+def _startup_error_text(exc: Exception) -> str:
+    if not type(exc).__module__.startswith("rclpy"):
+        return f"{type(exc).__name__}: {exc}"
+    text = f"invalid parameter: {exc}"
+    if "expecting type 'DOUBLE'" in text:
+        text += " (write floating point values with a decimal point, e.g. 10.0)"
+    return text
 
 
 def qos_profile_sensor_data_depth1() -> QoSProfile:
@@ -374,7 +379,7 @@ def main(args: list[str] | None = None) -> int:
         try:
             node = VPRNode()
         except Exception as exc:  # noqa: BLE001 - parameter errors: one clear line, no traceback
-            print(f"[{NODE_NAME}] startup error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"[{NODE_NAME}] startup error: {_startup_error_text(exc)}", file=sys.stderr)
             return 2
         if node.params.autostart:
             if node.trigger_configure() != SUCCESS:

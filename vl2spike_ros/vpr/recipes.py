@@ -99,3 +99,58 @@ class _WithLoss(torch.nn.Module):
 
     def loss_fn(self, _self, xa, xp, pa, pp):
         return self.loss(self.model, xa, xp, pa, pp)
+
+
+def train_teacher_cnn(root, out: str | Path, cfg: TrainConfig, ckpt_dir: str | Path,
+                      train_frac: float = 0.6, val_frac: float = 0.1) -> dict:
+    """Train the ANN (CNN) teacher and save it (safetensors + json). Returns a summary."""
+    import time
+
+    from vl2spike_ros.vpr.cnn import CNNConfig, PlaceCNN, save_cnn
+    from vl2spike_ros.vpr.train import seed_everything
+
+    seed_everything(cfg.seed)
+    t0 = time.time()
+    model = PlaceCNN(CNNConfig())
+    hist = train_on_nordland(model, root, Path(ckpt_dir) / "teacher_cnn.ckpt", cfg,
+                             train_frac=train_frac, val_frac=val_frac)
+    info = _train_info("teacher_cnn", cfg, hist, time.time() - t0, train_frac, val_frac)
+    save_cnn(model.eval(), out, info)
+    return info
+
+
+def train_student(root, out: str | Path, cfg: TrainConfig, ckpt_dir: str | Path,
+                  teacher_path: str | Path | None = None, variant: str = "spikformer_vpr",
+                  train_frac: float = 0.6, val_frac: float = 0.1) -> dict:
+    """Train the Spikformer directly (no teacher) or distilled (SVS from the CNN teacher)."""
+    import time
+
+    from vl2spike_ros.models import save_model
+    from vl2spike_ros.vpr.cnn import load_cnn
+    from vl2spike_ros.vpr.train import seed_everything
+
+    seed_everything(cfg.seed)
+    teacher = load_cnn(teacher_path) if teacher_path else None
+    name = "spikformer_distilled" if teacher is not None else "spikformer_direct"
+    t0 = time.time()
+    model, hist = train_spikformer(root, Path(ckpt_dir) / f"{name}.ckpt", cfg, variant, teacher,
+                                   train_frac=train_frac, val_frac=val_frac)
+    info = _train_info(name, cfg, hist, time.time() - t0, train_frac, val_frac)
+    if teacher_path:
+        from vl2spike_ros.models import weights_hash
+        info["teacher"] = {"path": str(teacher_path), "sha256_16": weights_hash(teacher_path),
+                           "kind": "PlaceCNN (ANN), InfoNCE on the same training segment"}
+    save_model(model, out, info)
+    return info
+
+
+def _train_info(name, cfg, hist, seconds, train_frac, val_frac) -> dict:
+    import dataclasses
+    return {"name": name, "train_config": dataclasses.asdict(cfg), "history": hist,
+            "train_seconds": round(seconds, 1),
+            "data": {"dataset": "Nordland summer+winter (64x32)", "train_places_frac": train_frac,
+                     "val_frac_of_train": val_frac,
+                     "held_out": f"last {1 - train_frac:.0%} of places, never used in training"},
+            "loss": "InfoNCE (positives: same place other season +-pos_tolerance)"
+                    + (" + SVS (cos align, relational KL, warm-started temporal)"
+                       if name == "spikformer_distilled" else "")}

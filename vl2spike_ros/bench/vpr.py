@@ -1,0 +1,138 @@
+"""``vl2spike bench vpr``: Nordland held-out comparison (SAD, HOG, VPRTempo, ANN teacher,
+Spikformer direct, Spikformer distilled = vl2spike). Uses trained weights; ``--train`` retrains.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+WEIGHTS_DIR = Path("bench/weights")
+TEACHER = "vpr_teacher_cnn.safetensors"
+DIRECT = "vpr_spikformer_direct.safetensors"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("vpr", help="Nordland VPR benchmark (held-out 40 %, both seasons)")
+    p.add_argument("--json", default="bench/results/vpr_nordland.json", metavar="PATH")
+    p.add_argument("--md", default=None, metavar="PATH", help="default: JSON path with .md")
+    p.add_argument("--plot", default=None, metavar="PNG", help="default: <json stem>_pr.png")
+    p.add_argument("--data-root", default=None, help="folder holding nordland/ (default: paths)")
+    p.add_argument("--weights-dir", default=str(WEIGHTS_DIR), help="teacher + direct weights")
+    p.add_argument("--vl2spike-weights", default=None, help="default: packaged default weights")
+    p.add_argument("--train", action="store_true", help="retrain teacher, direct and distilled")
+    p.add_argument("--epochs-teacher", type=int, default=15)
+    p.add_argument("--epochs-student", type=int, default=8)
+    p.add_argument("--ckpt-dir", default="bench/weights/ckpt", help="resumable checkpoints")
+    p.add_argument("--seq-len", type=int, default=5, help="sequence matching length")
+    p.add_argument("--vprtempo-json", default=None,
+                   help="results of VPRTempo run in its own venv (same JSON layout per method)")
+    p.add_argument("--model-card", default=None, metavar="MD",
+                   help="also write a model card for the vl2spike weights here")
+    p.set_defaults(func=_handler)
+
+
+def _targets(methods: dict) -> dict:
+    base = {k: v for k, v in methods.items() if k in ("sad", "hog", "vprtempo") and "skipped" not in v}
+    out = {"margin_points": 6.63, "min_queries_per_s": 300}
+    if "vl2spike" not in methods or "skipped" in methods["vl2spike"] or not base:
+        return out
+    v = methods["vl2spike"]
+    for d in ("summer_to_winter", "winter_to_summer"):
+        best = max(base, key=lambda k: base[k][d]["tol1"]["r1"])
+        b = base[best][d]["tol1"]["r1"]
+        out[d] = {"best_baseline": best, "baseline_r1": b, "vl2spike_r1": v[d]["tol1"]["r1"],
+                  "margin": v[d]["tol1"]["r1"] - b,
+                  "met": v[d]["tol1"]["r1"] >= b + 6.63}
+    out["speed_met"] = v["queries_per_s"] >= 300
+    return out
+
+
+def _train(ns, root, wdir: Path) -> dict:
+    import torch
+
+    from vl2spike_ros.models import default_vpr_weights
+    from vl2spike_ros.vpr.recipes import train_student, train_teacher_cnn
+    from vl2spike_ros.vpr.train import TrainConfig
+
+    torch.set_num_threads(1)
+    out = {}
+    out["teacher"] = train_teacher_cnn(root, wdir / TEACHER, TrainConfig(epochs=ns.epochs_teacher),
+                                       ns.ckpt_dir)
+    scfg = TrainConfig(epochs=ns.epochs_student, lr=1.5e-3)
+    out["spikformer"] = train_student(root, wdir / DIRECT, scfg, ns.ckpt_dir)
+    dst = Path(ns.vl2spike_weights) if ns.vl2spike_weights else default_vpr_weights()
+    out["vl2spike"] = train_student(root, dst, scfg, ns.ckpt_dir, teacher_path=wdir / TEACHER)
+    return {k: v["train_seconds"] for k, v in out.items()}
+
+
+def _methods(ns, wdir: Path):
+    from vl2spike_ros.models import default_vpr_weights
+    from vl2spike_ros.vpr.pipeline import load_vpr_model
+    from vl2spike_ros.vpr.runner import baseline_method, model_method
+
+    yield "sad", baseline_method("sad"), None, None
+    yield "hog", baseline_method("hog"), None, None
+    paths = {"teacher": wdir / TEACHER, "spikformer": wdir / DIRECT,
+             "vl2spike": Path(ns.vl2spike_weights) if ns.vl2spike_weights else default_vpr_weights()}
+    for name, p in paths.items():
+        if not p.is_file():
+            yield name, None, f"weights {p} not found (run with --train)", None
+            continue
+        model, meta = load_vpr_model(p)
+        yield name, model_method(model, name), None, (model, meta, p)
+
+
+def _handler(ns) -> int:
+    import json
+
+    from vl2spike_ros.atomic import write_bytes_atomic, write_json_atomic
+    from vl2spike_ros.paths import nordland_root
+    from vl2spike_ros.vpr.datasets import load_nordland
+    from vl2spike_ros.vpr.nordland_bench import (evaluate_method, markdown_table, model_energy,
+                                                 plot_curves)
+
+    root = nordland_root(Path(ns.data_root) / "nordland" if ns.data_root else None)
+    wdir = Path(ns.weights_dir)
+    res = {"protocol": {"dataset": str(root), "split": "held-out: last 40% of places (train: first 60%)",
+                        "tolerances_frames": [0, 1, 2], "recall_unit": "percent",
+                        "seq_len": ns.seq_len, "directions": "query season -> database season"},
+           "methods": {}}
+    if ns.train:
+        res["train_seconds"] = _train(ns, root, wdir)
+    seasons = {s: load_nordland(root, s, "test")[0] for s in ("summer", "winter")}
+    res["protocol"]["n_places"] = int(len(seasons["summer"]))
+    curves = {}
+    for name, method, skipped, model_info in _methods(ns, wdir):
+        if method is None:
+            res["methods"][name] = {"skipped": skipped}
+            continue
+        log.info("evaluating %s", name)
+        r, c = evaluate_method(method, seasons, seq_len=ns.seq_len)
+        if model_info is not None:
+            model, meta, p = model_info
+            r.update(model_energy(model, seasons["summer"]))
+            r.update({"weights": str(p), "model": meta,
+                      "params": int(sum(t.numel() for t in model.parameters()))})
+        res["methods"][name] = r
+        curves[name] = c
+        print(f"{name}: R@1 tol1 S->W {r['summer_to_winter']['tol1']['r1']:.1f}% "
+              f"W->S {r['winter_to_summer']['tol1']['r1']:.1f}%, {r['queries_per_s']:.0f} q/s")
+    if ns.vprtempo_json:
+        res["methods"]["vprtempo"] = json.loads(Path(ns.vprtempo_json).read_text())
+    else:
+        res["methods"]["vprtempo"] = {"skipped": "not run: VPRTempo needs its own venv and "
+                                      "~20 min CPU training; pass --vprtempo-json with its results"}
+    res["targets"] = _targets(res["methods"])
+    out = Path(ns.json)
+    write_json_atomic(out, res)
+    md = markdown_table(res)
+    write_bytes_atomic(Path(ns.md) if ns.md else out.with_suffix(".md"),
+                       ("# Nordland VPR benchmark (held-out 40 %)\n\nRecall in percent.\n\n" + md
+                        + "\n```json\n" + json.dumps(res["targets"], indent=2) + "\n```\n").encode())
+    plot_curves(curves, Path(ns.plot) if ns.plot else out.with_name(out.stem + "_pr.png"))
+    if ns.model_card and "vl2spike" in curves:
+        from vl2spike_ros.vpr.model_card import write_model_card
+        write_model_card(ns.model_card, res)
+    print(md)
+    return 0
