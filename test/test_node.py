@@ -135,13 +135,14 @@ class Probe:
         self.pub.publish(msg)
         return stamp
 
-    def query(self, msg: Any, proc, timeout: float = 60.0) -> tuple[int, Any]:
-        """Publish ``msg`` (re-sent every 2 s: best-effort input) until candidates answer it."""
+    def query(self, msg: Any, proc, timeout: float = 60.0, resend_s: float = 2.0
+              ) -> tuple[int, Any]:
+        """Publish ``msg`` (re-sent every ``resend_s``: best-effort input) until answered."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             stamp = self.send(msg)
             try:
-                got = wait_for(lambda: self.cands.get(stamp), min(2.0, timeout), "candidates",
+                got = wait_for(lambda: self.cands.get(stamp), min(resend_s, timeout), "candidates",
                                proc)
                 return stamp, got
             except AssertionError:
@@ -211,10 +212,10 @@ def running(assets, ros_env):
         print((tmp / "main.log").read_text()[-3000:])
 
 
-def offline(weights, map_dir):
+def offline(weights, map_dir, seq_len: int = 1):
     from vl2spike_ros.vpr.pipeline import VPRPipeline
 
-    return VPRPipeline(weights, map_dir, top_k=TOP_K, threshold=THRESHOLD, seq_len=1)
+    return VPRPipeline(weights, map_dir, top_k=TOP_K, threshold=THRESHOLD, seq_len=seq_len)
 
 
 def test_matches_agree_with_offline_pipeline(running):
@@ -303,11 +304,12 @@ def test_only_the_latest_frame_is_processed_when_slow(running):
     assert probe.set_param("max_rate_hz", 2.0).successful
     try:
         before = probe.latest_diag()
-        stamps = []
+        stamps, t0 = [], time.monotonic()
         for i in range(40):
             frame = running["ref"][i % N_PLACES]
             stamps.append(probe.send(array_to_image_msg(frame, "mono8", msg_cls=Image)))
             time.sleep(0.025)
+        burst_s = time.monotonic() - t0
         wait_for(lambda: probe.cands.get(stamps[-1]), 10, "the newest frame's result", proc)
         assert unpack_candidates(probe.cands[stamps[-1]])["id"][0] == 39 % N_PLACES
         time.sleep(1.0)
@@ -319,7 +321,8 @@ def test_only_the_latest_frame_is_processed_when_slow(running):
     processed = int(after["frames_processed"]) - int(before["frames_processed"])
     answered = sum(s in probe.cands for s in stamps)
     assert received >= 30  # loopback delivers nearly all of them
-    assert dropped >= received - 8 and processed <= 8, (received, dropped, processed)
+    allowed = 2 + int(2.0 * burst_s)  # 2 Hz over the burst, plus the first and the newest
+    assert processed <= allowed and dropped >= received - allowed, (received, dropped, processed)
     assert answered == processed and processed + dropped <= received
 
 
@@ -439,13 +442,16 @@ def _state(probe: Probe) -> str:
     return probe.call("gs", GetState.Request()).current_state.label
 
 
-def test_lifecycle_managed_node_with_jpeg_input(assets, ros_env):
+def test_lifecycle_managed_node_with_jpeg_input_and_sequences(assets, ros_env):
+    """autostart false: driven through lifecycle services; JPEG input; sequence matching over
+    3 frames gives the same candidates as the offline pipeline fed the same frames."""
     from lifecycle_msgs.msg import Transition
 
     tmp = assets["tmp"]
     proc = start_node(tmp, ros_env, "managed", weights=str(assets["weights"]),
                       map_dir=str(assets["map"]), image_topic="test/image", top_k=TOP_K,
-                      match_threshold=THRESHOLD, compressed_input=True, autostart=False)
+                      match_threshold=THRESHOLD, compressed_input=True, autostart=False,
+                      sequence_length=3)
     probe = Probe(image_type=CompressedImage)
     try:
         assert wait_for(lambda: _state(probe), 90, "get_state", proc) == "unconfigured"
@@ -456,12 +462,14 @@ def test_lifecycle_managed_node_with_jpeg_input(assets, ros_env):
         garbage = CompressedImage(format="jpeg", data=b"\xff\xd8 definitely not a jpeg")
         probe.send(garbage)
         time.sleep(0.3)
-        pipe = offline(assets["weights"], assets["map"])
-        for frame in (assets["winter"][5], assets["ref"][9]):
+        pipe = offline(assets["weights"], assets["map"], seq_len=3)
+        for frame in list(assets["winter"][4:8]) + [assets["ref"][9]]:
             msg = array_to_compressed_msg(frame, "jpeg", quality=85, msg_cls=CompressedImage)
-            _, cands = probe.query(msg, proc)
+            _, cands = probe.query(msg, proc, resend_s=20.0)  # a resend would double a frame
             want = pipe.process(compressed_msg_to_array(msg))
-            np.testing.assert_array_equal(unpack_candidates(cands)["id"], want.ids)
+            got = unpack_candidates(cands)
+            np.testing.assert_array_equal(got["id"], want.ids)
+            np.testing.assert_allclose(got["score"], want.scores, atol=1e-4)
         assert _change_state(probe, Transition.TRANSITION_DEACTIVATE)
         assert _state(probe) == "inactive"
     finally:

@@ -19,11 +19,11 @@ def _frames(seed: int, noise: float) -> np.ndarray:
     return np.clip(base + jit, 0, 255).astype(np.uint8)
 
 
-def _tiny_weights(path, seed=0):
+def _tiny_weights(path, seed=0, descriptor="pooled"):
     torch.manual_seed(seed)
     m = create_model("spikformer_vpr", embed_dim=16, T=1, descriptor_dim=16)
     calibrate_bn(m, [preprocess(_frames(seed, 5.0), (32, 64), 1)])
-    return save_model(m.eval(), path)
+    return save_model(m.eval(), path, {"vpr": {"descriptor": descriptor}})
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +102,56 @@ def test_pipeline_refuses_map_of_other_model(setup):
         VPRPipeline(other, tmp / "map2")
     with pytest.raises(ValueError, match="image"):
         VPRPipeline(w, tmp / "map2").process(np.zeros((4, 4, 2), np.uint8))
+
+
+def test_spatial_descriptor_mode(setup):
+    from vl2spike_ros.cli.cmd_map import build_map_from_source
+    from vl2spike_ros.vpr.descriptors import extract_descriptors
+    from vl2spike_ros.vpr.pipeline import VPRPipeline, load_vpr_model
+    from vl2spike_ros.vpr.sources import load_source
+
+    tmp, w_pooled, db, q = setup
+    w = _tiny_weights(tmp / "spatial.safetensors", descriptor="spatial")
+    model, meta = load_vpr_model(w)
+    n_tok = model.config.num_tokens
+    assert meta["descriptor_dim"] == n_tok * 16
+    d = extract_descriptors(model, load_source(db).images)
+    assert d.shape == (N, n_tok * 16)
+    np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0, rtol=1e-5)
+    # each token's slice is normalised before the global normalisation: all active tokens of
+    # an image have the same length (silent tokens stay zero)
+    per_tok = np.linalg.norm(d.reshape(N, n_tok, 16), axis=2)
+    for row in per_tok:
+        active = row[row > 1e-6]
+        assert len(active) > 0
+        np.testing.assert_allclose(active, active[0], rtol=1e-4)
+    build_map_from_source(str(db), str(tmp / "map_sp"), weights=str(w))
+    pipe = VPRPipeline(w, tmp / "map_sp", top_k=3)
+    r = pipe.process(load_source(q).images[0])
+    assert r.ids.shape == (3,) and r.best_id == int(r.ids[0])
+    # a pooled-mode map of the same architecture is refused (other weights file, other dim)
+    build_map_from_source(str(db), str(tmp / "map_pooled"), weights=str(w_pooled))
+    with pytest.raises(MapMismatchError):
+        VPRPipeline(w, tmp / "map_pooled")
+
+
+def test_cli_eval_map_replay_json(setup, tmp_path, capsys):
+    import json
+
+    from vl2spike_ros.cli import main
+
+    tmp, w, db, q = setup
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--db", str(db), "--queries", str(q), "--tolerance", "1",
+                 "--json", str(out), "--weights", str(w)]) == 0
+    res = json.loads(out.read_text())
+    assert {"r1", "r5", "r10"} <= set(res["recall"])
+    assert 0.0 <= res["recall"]["r1"] <= res["recall"]["r5"] <= res["recall"]["r10"] <= 100.0
+    assert 0.0 <= res["pr_auc"] <= 1.0 and res["queries_per_s"] > 0
+    assert main(["map", "build", str(db), "--out", str(tmp_path / "m"), "--weights", str(w)]) == 0
+    (tmp_path / "m" / "index.faiss").write_bytes(b"\x00" * 10)
+    rc = main(["replay", str(tmp / "qbag"), "--map", str(tmp_path / "m"), "--weights", str(w),
+               "--json", str(tmp_path / "r.json")])
+    assert rc == 2
+    assert "corrupt or truncated" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()

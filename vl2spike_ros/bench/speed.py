@@ -2,8 +2,8 @@
 
 Measured side by side in one process with ``torch.set_num_threads(threads)`` on the same input
 frames (Nordland 32x64 grey for the VPR student; the teacher gets them upsampled to 224 RGB).
-Each model runs in every mode (eager ``inference_mode``; channels-last; optionally
-``torch.compile``); the fastest batch-1 mode is the headline, all modes are reported.
+Each model runs in every mode (eager ``inference_mode``; channels-last; ``torch.compile`` for the
+students unless ``--no-compile``); the fastest mode is the headline, all modes are reported.
 Not a test: numbers depend on the machine and on whatever else runs on it (load is recorded).
 """
 from __future__ import annotations
@@ -36,8 +36,9 @@ def register(subparsers) -> None:
     p.add_argument("--batch", type=int, default=32, help="batch size for throughput")
     p.add_argument("--seconds", type=float, default=4.0,
                    help="time budget per (model, mode, batch size) measurement")
-    p.add_argument("--compile", action="store_true",
-                   help="also try torch.compile (slow to compile: ~1-2 min per model on 2 cores)")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="skip the torch.compile mode of the students (compiling takes ~20-60 s "
+                        "per model and batch size on 2 cores)")
     p.add_argument("--data-root", default=None)
     p.set_defaults(func=run)
 
@@ -167,7 +168,8 @@ def run_speed(variants: list[str], weights: str | None = None, clip_arch: str = 
         else:
             tower = ClipImageTower(name).eval()
             x = teacher_input(frames)
-            r = measure_model(tower, x[:1], x, seconds, compile_, heavy=True)
+            # compiling ViT-B/32 takes minutes on 2 cores: the teacher runs eager/channels-last
+            r = measure_model(tower, x[:1], x, seconds, False, heavy=True)
             r.update(name=f"open_clip {name} image tower (random weights; speed does not depend "
                           "on weight values)", input=f"32x64 upsampled to {tower.size} RGB")
             res["teacher"] = r

@@ -13,7 +13,7 @@ DIRECT = "vpr_spikformer_direct.safetensors"
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("vpr", help="Nordland VPR benchmark (held-out 40 %, both seasons)")
+    p = subparsers.add_parser("vpr", help="Nordland VPR benchmark (held-out 40 %%, both seasons)")
     p.add_argument("--json", default="bench/results/vpr_nordland.json", metavar="PATH")
     p.add_argument("--md", default=None, metavar="PATH", help="default: JSON path with .md")
     p.add_argument("--plot", default=None, metavar="PNG", help="default: <json stem>_pr.png")

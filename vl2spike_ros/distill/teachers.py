@@ -264,6 +264,7 @@ def save_proxy_tower(tower: ProxyImageTower, path: str | Path, meta: dict) -> No
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     info = {"widths": list(tower.widths), "embed_dim": tower.embed_dim, "sha256": digest, **meta}
     write_json_atomic(path.with_suffix(".json"), info)
+    path.with_suffix(".json").chmod(0o644)
 
 
 def load_proxy_tower(path: str | Path) -> tuple[ProxyImageTower, dict]:

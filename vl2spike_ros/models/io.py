@@ -52,6 +52,10 @@ def save_model(model: SpikformerStudent, path: str | os.PathLike,
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_name(path.name + ".safetensors")
+    try:
+        json.dumps(metadata or {})
+    except TypeError as exc:
+        raise ValueError(f"save_model: metadata is not JSON-serialisable ({exc})") from exc
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"format": FORMAT, "variant": model.config.name})

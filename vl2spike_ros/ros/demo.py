@@ -138,13 +138,12 @@ def load_heldout(nordland: Path, train_frac: float, limit: int | None
             load_images([summer[i] for i in idx], grayscale=False), idx)
 
 
-def prepare(cfg: DemoConfig, timings: dict[str, float]) -> dict[str, Any]:
+def prepare(cfg: DemoConfig, nordland: Path, weights: Path,
+            timings: dict[str, float]) -> dict[str, Any]:
     """Weights, map of winter held-out places and summer held-out bag; returns paths + sizes."""
     from vl2spike_ros.io.bags import write_image_bag
     from vl2spike_ros.vpr.pipeline import build_map, load_vpr_model
 
-    nordland = nordland_dir(cfg.data_root)
-    weights = resolve_weights(cfg.weights)
     with timed(timings, "load_model_s"):
         model, meta = load_vpr_model(weights)
     say(f"weights: {weights} ({meta['variant']}, sha256 {meta['weights_hash']}), "
@@ -170,7 +169,13 @@ class CandidateRecorder(Prober):
 
     def __init__(self) -> None:
         self.candidates: dict[int, np.ndarray] = {}
+        self.last_diag_t = self.last_cand_t = 0.0  # time.monotonic() of the latest message
         super().__init__(compressed=False)
+
+    def _on_diag(self, msg: Any) -> None:
+        super()._on_diag(msg)
+        if any("place recognition" in st.name for st in msg.status):
+            self.last_diag_t = time.monotonic()
 
     def _on_cands(self, msg: Any) -> None:
         from vl2spike_ros.ros.messages import unpack_candidates
@@ -180,6 +185,21 @@ class CandidateRecorder(Prober):
         cands = unpack_candidates(msg).copy()
         with self.lock:
             self.candidates.setdefault(stamp, cands)
+            self.last_cand_t = time.monotonic()
+
+    def drain(self, last_stamp: int, max_s: float = 3.0, quiet_s: float = 0.3) -> None:
+        """Wait (at most ``max_s``) for the answer to ``last_stamp`` (or ``quiet_s`` without
+        answers, when the node dropped it), then for a /diagnostics message after the last
+        answer (the node publishes one every ``diagnostics_period_s`` = 1 s)."""
+        t_end = time.monotonic()
+        while time.monotonic() - t_end < max_s:
+            time.sleep(0.05)
+            now = time.monotonic()
+            with self.lock:
+                last = max(self.last_cand_t, t_end)
+                done = last_stamp in self.candidates or now - last > quiet_s
+            if done and self.last_diag_t > last:
+                return
 
 
 def _bag_messages(bag: Path) -> tuple[list[Any], np.ndarray]:
@@ -281,7 +301,7 @@ def _session(cfg: DemoConfig, proc: subprocess.Popen, msgs: list[Any], bag_stamp
                 rec.candidates.clear()
         with timed(timings, "replay_s"):
             sent, wall = _play(rec, msgs, bag_stamps)
-            time.sleep(2.0)  # trailing matches and one more /diagnostics message
+            rec.drain(sent[-1])  # trailing matches and one more /diagnostics message
         if proc.poll() is not None:
             raise _node_failed(f"vpr_node exited with {proc.returncode} during the replay",
                                node_log)
@@ -362,12 +382,15 @@ def _diag_float(diag: dict[str, str], key: str) -> float | None:
 def offline_agreement(weights: Path, prep: dict[str, Any], res: dict[str, Any],
                       top_k: int) -> float:
     """Percent of processed frames whose node top-1 equals the offline VPRPipeline's top-1."""
+    from tqdm import tqdm
+
     from vl2spike_ros.io.bags import read_image_bag
     from vl2spike_ros.vpr.pipeline import VPRPipeline
 
     pipe = VPRPipeline(weights, prep["map_dir"], top_k=top_k, energy=False)
     frames = [f.image for f in read_image_bag(prep["bag"])]
-    offline = np.array([pipe.process(frames[i]).best_id for i in res["query_index"]])
+    todo = tqdm(res["query_index"], desc="[demo] offline check", unit="frame")
+    offline = np.array([pipe.process(frames[i]).best_id for i in todo])
     return float(100.0 * np.mean(offline == res["top1"]))
 
 
@@ -422,9 +445,10 @@ def _run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from vl2spike_ros.vpr.evaluation import plot_pr
 
     t0, timings = time.monotonic(), {}
+    nordland, weights = nordland_dir(cfg.data_root), resolve_weights(cfg.weights)  # fail early
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     say(f"output folder: {cfg.out_dir}")
-    prep = prepare(cfg, timings)
+    prep = prepare(cfg, nordland, weights, timings)
     got = run_node(cfg, prep["weights"], prep["map_dir"], prep["bag"], timings)
     with timed(timings, "scoring_s"):
         res = score(cfg, prep, got)
@@ -432,7 +456,8 @@ def _run_demo(cfg: DemoConfig) -> dict[str, Any]:
         m = res["metrics"]
         plot_pr({"vpr_node (summer query vs winter map)": m["_curve"]},
                 cfg.out_dir / "pr_curve.png",
-                title=f"Nordland held-out, tolerance +-{cfg.tolerance} frames")
+                title=f"Nordland held-out, {res['frames_processed']} queries vs {prep['n']} "
+                      f"places: R@1 {m['recall']['r1']:.1f}%, tolerance +-{cfg.tolerance}")
     timings["total_s"] = round(time.monotonic() - t0, 3)
     report = build_report(cfg, prep, res, agree, timings)
     write_json_atomic(cfg.out_dir / "report.json", report)

@@ -49,6 +49,43 @@ def preprocess(images: np.ndarray, img_size: tuple[int, int], in_chans: int) -> 
     return torch.from_numpy(np.stack([prepare_image(im, img_size, in_chans) for im in images]))
 
 
+SPATIAL = "spatial"
+POOLED = "pooled"
+
+
+def descriptor_mode(model) -> str:
+    """``"spatial"`` (Spikformer tokens kept on their grid) or ``"pooled"`` (model.descriptor)."""
+    return getattr(model, "vpr_descriptor", POOLED)
+
+
+def spatial_from_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
+    """Spikformer spike tokens ``[T, B, N, D]`` -> spatial place descriptor ``[B, N * d]``.
+
+    Tokens are averaged over T (spike rates), each token goes through the model's own
+    descriptor head (``desc_norm`` + ``desc_proj``, d = ``config.descriptor_dim``) and is
+    L2-normalised (like HOG block normalisation); the grid is flattened and L2-normalised.
+    Keeps the spatial layout that mean pooling over tokens would discard.
+    """
+    z = model.desc_proj(model.desc_norm(tokens.mean(0)))          # [B, N, d]
+    z = torch.nn.functional.normalize(z.float(), dim=-1).flatten(1)
+    return torch.nn.functional.normalize(z, dim=-1)
+
+
+def place_descriptor(model, x: torch.Tensor) -> torch.Tensor:
+    """Images ``[B, C, H, W]`` -> L2-normalised place descriptors ``[B, D']``."""
+    if descriptor_mode(model) == SPATIAL:
+        return spatial_from_tokens(model, model.forward_features(x))
+    return torch.nn.functional.normalize(model.descriptor(x).float(), dim=-1)
+
+
+def descriptor_dim(model) -> int:
+    """Length of :func:`place_descriptor`'s output."""
+    cfg = model.config
+    if descriptor_mode(model) == SPATIAL:
+        return int(cfg.num_tokens * cfg.descriptor_dim)
+    return int(cfg.descriptor_dim)
+
+
 def model_input_spec(model) -> tuple[tuple[int, int], int]:
     """(img_size (H, W), in_chans) of a model with a ``.config``."""
     cfg = model.config
@@ -64,8 +101,7 @@ def extract_descriptors(model, images: np.ndarray, batch_size: int = 64,
     out = []
     for s in range(0, len(images), batch_size):
         x = preprocess(images[s:s + batch_size], img_size, in_chans).to(device)
-        d = model.descriptor(x).float()
-        out.append(torch.nn.functional.normalize(d, dim=-1).cpu().numpy())
+        out.append(place_descriptor(model, x).cpu().numpy())
     if not out:
         raise ValueError("no images to describe")
     return np.concatenate(out).astype(np.float32, copy=False)

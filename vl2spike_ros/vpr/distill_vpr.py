@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vl2spike_ros.vpr.descriptors import SPATIAL, descriptor_mode, spatial_from_tokens
 from vl2spike_ros.vpr.train import info_nce
 
 
@@ -76,7 +77,8 @@ class SpikeVPRLoss(nn.Module):
         x = torch.cat([xa, xp])
         with model.capture() as cap:
             tokens = model.forward_features(x)
-        z = model.descriptor_from_tokens(tokens)
+        z = spatial_from_tokens(model, tokens) if descriptor_mode(model) == SPATIAL \
+            else model.descriptor_from_tokens(tokens)
         b = len(xa)
         out = {"nce": info_nce(z[:b], z[b:], pa, pp, self.temperature, self.exclude_radius)}
         total = out["nce"]

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vl2spike_ros.vpr.descriptors import extract_descriptors, prepare_image
+from vl2spike_ros.vpr.descriptors import (descriptor_dim, extract_descriptors, place_descriptor,
+                                          prepare_image)
 from vl2spike_ros.vpr.matching import SequenceMatcher, topk
 from vl2spike_ros.vpr.placemap import PlaceMap, check_model_meta
 
@@ -54,11 +55,14 @@ def load_vpr_model(weights: str | Path | None = None, device: str = "cpu"):
         from vl2spike_ros.vpr.cnn import load_cnn
         model = load_cnn(path)
     else:
+        from vl2spike_ros.models import read_model_meta
         model = load_model(path, map_location=device)
+        vpr = read_model_meta(path).get("metadata", {}).get("vpr", {})
+        model.vpr_descriptor = vpr.get("descriptor", "pooled")
     model = model.to(device).eval()
     cfg = model.config
     meta = {"variant": cfg.name, "weights_hash": _file_hash(path),
-            "descriptor_dim": int(cfg.descriptor_dim),
+            "descriptor_dim": descriptor_dim(model),
             "input_size": [int(cfg.in_chans), *map(int, cfg.img_size)]}
     return model, meta
 
@@ -143,8 +147,7 @@ class VPRPipeline:
     def describe(self, image: np.ndarray) -> np.ndarray:
         """One image ``[H,W(,C)]`` uint8 -> descriptor ``[1, D]`` float32."""
         x = torch.from_numpy(prepare_image(image, self.img_size, self.in_chans))[None]
-        d = self.model.descriptor(x.to(self.device)).float()
-        return torch.nn.functional.normalize(d, dim=-1).cpu().numpy()
+        return place_descriptor(self.model, x.to(self.device)).cpu().numpy()
 
     def _search(self, desc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.seq is None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from vl2spike_ros.vpr.datasets import load_nordland
-from vl2spike_ros.vpr.descriptors import preprocess
+from vl2spike_ros.vpr.descriptors import place_descriptor, preprocess
 from vl2spike_ros.vpr.evaluation import evaluate_aligned
 from vl2spike_ros.vpr.train import TrainConfig, train_descriptor
 
@@ -38,8 +38,7 @@ def split_val(a: torch.Tensor, b: torch.Tensor, val_frac: float):
 def describe_tensor(model, x: torch.Tensor, batch_size: int = 128) -> np.ndarray:
     """Descriptors ``[N, D]`` of preprocessed ``[N, C, H, W]``."""
     model.eval()
-    out = [torch.nn.functional.normalize(model.descriptor(x[s:s + batch_size]).float(), dim=-1)
-           for s in range(0, len(x), batch_size)]
+    out = [place_descriptor(model, x[s:s + batch_size]) for s in range(0, len(x), batch_size)]
     return torch.cat(out).numpy()
 
 
@@ -67,7 +66,7 @@ def train_on_nordland(model, root, out_ckpt: Path, cfg: TrainConfig, loss_fn=Non
 
 def train_spikformer(root, out_ckpt: Path, cfg: TrainConfig, variant: str = "spikformer_vpr",
                      teacher=None, svs=None, train_frac: float = 0.6, val_frac: float = 0.1,
-                     **overrides):
+                     descriptor: str = "spatial", **overrides):
     """Spikformer student trained with InfoNCE (+ SVS distillation from ``teacher``).
 
     Returns (model, history). The SVS projector is part of the loss and is not saved with the
@@ -77,6 +76,7 @@ def train_spikformer(root, out_ckpt: Path, cfg: TrainConfig, variant: str = "spi
     from vl2spike_ros.vpr.distill_vpr import SpikeVPRLoss, SVSWeights
 
     model = create_model(variant, **overrides)
+    model.vpr_descriptor = descriptor
     loss = SpikeVPRLoss(model.config.embed_dim, cfg.temperature, cfg.exclude_radius, teacher,
                         teacher.config.descriptor_dim if teacher is not None else 0,
                         svs or SVSWeights())
@@ -95,7 +95,7 @@ class _WithLoss(torch.nn.Module):
         self.config = model.config
 
     def descriptor(self, x):
-        return self.model.descriptor(x)
+        return place_descriptor(self.model, x)
 
     def loss_fn(self, _self, xa, xp, pa, pp):
         return self.loss(self.model, xa, xp, pa, pp)
@@ -121,7 +121,8 @@ def train_teacher_cnn(root, out: str | Path, cfg: TrainConfig, ckpt_dir: str | P
 
 def train_student(root, out: str | Path, cfg: TrainConfig, ckpt_dir: str | Path,
                   teacher_path: str | Path | None = None, variant: str = "spikformer_vpr",
-                  train_frac: float = 0.6, val_frac: float = 0.1) -> dict:
+                  train_frac: float = 0.6, val_frac: float = 0.1,
+                  descriptor: str = "spatial", token_dim: int = 8) -> dict:
     """Train the Spikformer directly (no teacher) or distilled (SVS from the CNN teacher)."""
     import time
 
@@ -133,9 +134,12 @@ def train_student(root, out: str | Path, cfg: TrainConfig, ckpt_dir: str | Path,
     teacher = load_cnn(teacher_path) if teacher_path else None
     name = "spikformer_distilled" if teacher is not None else "spikformer_direct"
     t0 = time.time()
+    over = {"descriptor_dim": token_dim} if descriptor == "spatial" else {}
     model, hist = train_spikformer(root, Path(ckpt_dir) / f"{name}.ckpt", cfg, variant, teacher,
-                                   train_frac=train_frac, val_frac=val_frac)
+                                   train_frac=train_frac, val_frac=val_frac,
+                                   descriptor=descriptor, **over)
     info = _train_info(name, cfg, hist, time.time() - t0, train_frac, val_frac)
+    info["vpr"] = {"descriptor": descriptor}
     if teacher_path:
         from vl2spike_ros.models import weights_hash
         info["teacher"] = {"path": str(teacher_path), "sha256_16": weights_hash(teacher_path),
