@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,38 +25,8 @@ import numpy as np
 
 from vl2spike_ros.atomic import write_json_atomic
 from vl2spike_ros.ros.env import apply_loopback_env
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` (``/proc/PID/stat`` fields 14 and 15)."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def proc_mem_mb(pid: int) -> dict[str, float]:
-    """``VmRSS``, ``VmHWM`` (peak RSS) and ``RssAnon`` (private heap, excludes mapped shared
-    libraries such as libtorch) of ``pid`` in MiB from ``/proc/PID/status``."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "RssAnon"):
-            out[key] = int(rest.split()[0]) / 1024.0
-    return out
-
-
-def vpr_node_exe() -> str:
-    """The installed ``vpr_node`` console script next to this interpreter (or on PATH)."""
-    import shutil
-
-    cand = Path(sys.executable).parent / "vpr_node"
-    found = str(cand) if cand.is_file() else shutil.which("vpr_node")
-    if not found:
-        raise FileNotFoundError("vpr_node console script not found (run `make setup`)")
-    return found
-
+from vl2spike_ros.ros.harness import (Prober, proc_cpu_s, proc_mem_mb, publish, start_node,
+                                      stop_node, wait_ready)
 
 def camera_frames(data_root: Path, n: int, width: int, height: int) -> list[np.ndarray]:
     """``n`` Nordland winter frames upscaled to ``height x width`` RGB uint8."""
@@ -72,65 +39,6 @@ def camera_frames(data_root: Path, n: int, width: int, height: int) -> list[np.n
                          cv2.COLOR_GRAY2RGB) for f in small]
 
 
-class Prober:
-    """rclpy side of the benchmark: publishes frames, receives candidates and diagnostics."""
-
-    def __init__(self, compressed: bool) -> None:
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import qos_profile_sensor_data
-        from sensor_msgs.msg import CompressedImage, Image, PointCloud2
-
-        self.ctx = rclpy.context.Context()
-        rclpy.init(context=self.ctx)
-        self.node = rclpy.create_node("vpr_load_bench", context=self.ctx)
-        self.pub = self.node.create_publisher(CompressedImage if compressed else Image,
-                                              "bench/image", qos_profile_sensor_data)
-        self.lock = threading.Lock()
-        self.latencies: dict[int, tuple[float, float]] = {}  # stamp -> (t_recv, latency ms)
-        self.diag: dict[str, str] = {}
-        self.node.create_subscription(PointCloud2, "vpr/candidates", self._on_cands, 50)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
-        self.executor = SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(self.node)
-        self._spin = threading.Thread(target=self._spin_loop, daemon=True)
-        self._running = True
-        self._spin.start()
-
-    def _spin_loop(self) -> None:
-        while self._running and self.ctx.ok():
-            self.executor.spin_once(timeout_sec=0.05)
-
-    def now_ns(self) -> int:
-        return time.time_ns()
-
-    def _on_cands(self, msg: Any) -> None:
-        t = time.time_ns()
-        stamp = int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
-        with self.lock:
-            self.latencies.setdefault(stamp, (time.monotonic(), (t - stamp) / 1e6))
-
-    def _on_diag(self, msg: Any) -> None:
-        for st in msg.status:
-            if "place recognition" in st.name:
-                self.diag = {kv.key: kv.value for kv in st.values}
-
-    def close(self) -> None:
-        import rclpy
-
-        self._running = False
-        self._spin.join(2)
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.ctx)
-
-
-def start_node(params_file: Path, env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    cmd = [vpr_node_exe(), "--ros-args", "--params-file", str(params_file),
-           "-r", "image:=bench/image"]
-    return subprocess.Popen(cmd, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
-
-
 def make_msgs(frames: list[np.ndarray], compressed: bool) -> list[Any]:
     from sensor_msgs.msg import CompressedImage, Image
 
@@ -140,28 +48,6 @@ def make_msgs(frames: list[np.ndarray], compressed: bool) -> list[Any]:
         return [array_to_compressed_msg(f, "jpeg", quality=90, msg_cls=CompressedImage)
                 for f in frames]
     return [array_to_image_msg(f, "rgb8", msg_cls=Image) for f in frames]
-
-
-def wait_ready(prober: Prober, msgs: list[Any], proc: subprocess.Popen, timeout: float) -> None:
-    """Publish slowly until the node answers (discovery + model warm-up done)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vpr_node exited with {proc.returncode} during start-up")
-        publish(prober, msgs[0])
-        time.sleep(0.5)
-        with prober.lock:
-            if prober.latencies:
-                prober.latencies.clear()
-                return
-    raise RuntimeError(f"vpr_node did not answer within {timeout:.0f} s")
-
-
-def publish(prober: Prober, msg: Any) -> int:
-    stamp = prober.now_ns()
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 10**9)
-    prober.pub.publish(msg)
-    return stamp
 
 
 def _percentiles(lat: np.ndarray) -> dict[str, float | None]:
@@ -200,14 +86,13 @@ def run_one(rate: float, compressed: bool, duration: float, node_params: dict[st
     params = write_params_file(workdir / f"params_{tag}.yaml",
                                {**node_params, "compressed_input": compressed})
     log_path = workdir / f"vpr_node_{tag}.log"
-    proc = start_node(params, env, log_path)
+    proc = start_node(params, log_path, env)
     prober = Prober(compressed)
     rc = None
     try:
         wait_ready(prober, msgs, proc, timeout=180)
         time.sleep(1.0)
-        with prober.lock:
-            prober.latencies.clear()
+        prober.clear()
         mem0, cpu0 = proc_mem_mb(proc.pid), proc_cpu_s(proc.pid)
         load0 = os.getloadavg()[0]
         sent, rss, wall = _drive(prober, msgs, proc.pid, rate, duration)
@@ -218,15 +103,7 @@ def run_one(rate: float, compressed: bool, duration: float, node_params: dict[st
         prober_lat = dict(prober.latencies)
         diag = dict(prober.diag)
         prober.close()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                rc = proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                rc = proc.wait(5)
-        else:
-            rc = proc.returncode
+        rc = stop_node(proc)
     got = [(prober_lat[s][0], prober_lat[s][1]) for s in sent if s in prober_lat]
     lat = np.array([g[1] for g in got])
     res = {"rate_hz": rate, "encoding": "jpeg" if compressed else "rgb8",

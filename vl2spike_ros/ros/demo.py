@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from vl2spike_ros.atomic import write_json_atomic
-from vl2spike_ros.ros.bench_load import Prober, publish, vpr_node_exe, wait_ready
+from vl2spike_ros.ros.harness import Prober, publish, start_node, stop_node, wait_ready
 from vl2spike_ros.ros.env import apply_loopback_env
 
 log = logging.getLogger(__name__)
@@ -164,44 +164,6 @@ def prepare(cfg: DemoConfig, nordland: Path, weights: Path,
             "first_frame": int(idx[0]), "model_meta": meta}
 
 
-class CandidateRecorder(Prober):
-    """:class:`Prober` that also keeps each candidates message (ids, scores) by stamp."""
-
-    def __init__(self) -> None:
-        self.candidates: dict[int, np.ndarray] = {}
-        self.last_diag_t = self.last_cand_t = 0.0  # time.monotonic() of the latest message
-        super().__init__(compressed=False)
-
-    def _on_diag(self, msg: Any) -> None:
-        super()._on_diag(msg)
-        if any("place recognition" in st.name for st in msg.status):
-            self.last_diag_t = time.monotonic()
-
-    def _on_cands(self, msg: Any) -> None:
-        from vl2spike_ros.ros.messages import unpack_candidates
-
-        super()._on_cands(msg)
-        stamp = int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
-        cands = unpack_candidates(msg).copy()
-        with self.lock:
-            self.candidates.setdefault(stamp, cands)
-            self.last_cand_t = time.monotonic()
-
-    def drain(self, last_stamp: int, max_s: float = 3.0, quiet_s: float = 0.3) -> None:
-        """Wait (at most ``max_s``) for the answer to ``last_stamp`` (or ``quiet_s`` without
-        answers, when the node dropped it), then for a /diagnostics message after the last
-        answer (the node publishes one every ``diagnostics_period_s`` = 1 s)."""
-        t_end = time.monotonic()
-        while time.monotonic() - t_end < max_s:
-            time.sleep(0.05)
-            now = time.monotonic()
-            with self.lock:
-                last = max(self.last_cand_t, t_end)
-                done = last_stamp in self.candidates or now - last > quiet_s
-            if done and self.last_diag_t > last:
-                return
-
-
 def _bag_messages(bag: Path) -> tuple[list[Any], np.ndarray]:
     """The bag's frames as rclpy Image messages, with their bag stamps (ns)."""
     from sensor_msgs.msg import Image
@@ -218,7 +180,7 @@ def _bag_messages(bag: Path) -> tuple[list[Any], np.ndarray]:
     return msgs, np.asarray(stamps, dtype=np.int64)
 
 
-def _play(rec: CandidateRecorder, msgs: list[Any],
+def _play(rec: Prober, msgs: list[Any],
           bag_stamps: np.ndarray) -> tuple[list[int], float]:
     """Publish ``msgs`` with the bag's inter-frame timing; returns (publish stamps, wall s)."""
     from tqdm import tqdm
@@ -229,27 +191,6 @@ def _play(rec: CandidateRecorder, msgs: list[Any],
         time.sleep(max(0.0, t0 + off - time.monotonic()))
         sent.append(publish(rec, msg))
     return sent, time.monotonic() - t0
-
-
-def start_node(params_file: Path, log_path: Path) -> subprocess.Popen:
-    """``vpr_node`` subprocess (this process's loopback env), stdout+stderr to ``log_path``."""
-    cmd = [vpr_node_exe(), "--ros-args", "--params-file", str(params_file),
-           "-r", "image:=bench/image"]
-    with open(log_path, "w") as logf:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(cmd, env=dict(os.environ), stdout=logf, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-
-
-def stop_node(proc: subprocess.Popen, timeout: float = 20.0) -> int:
-    """SIGINT, then SIGKILL after ``timeout`` s (also when interrupted while waiting)."""
-    if proc.poll() is not None:
-        return proc.returncode
-    try:
-        proc.send_signal(signal.SIGINT)
-        return proc.wait(timeout)
-    except (subprocess.TimeoutExpired, KeyboardInterrupt):
-        proc.kill()
-        return proc.wait(5)
 
 
 @contextmanager
@@ -288,7 +229,7 @@ def _node_failed(what: str, node_log: Path) -> RuntimeError:
 def _session(cfg: DemoConfig, proc: subprocess.Popen, msgs: list[Any], bag_stamps: np.ndarray,
              node_log: Path, timings: dict[str, float]) -> dict[str, Any]:
     """Wait for the node, replay, collect; raises with the node log tail if the node fails."""
-    rec = CandidateRecorder()
+    rec = Prober(compressed=False, keep_candidates=True)
     try:
         with timed(timings, "node_start_s"):
             try:
@@ -296,9 +237,7 @@ def _session(cfg: DemoConfig, proc: subprocess.Popen, msgs: list[Any], bag_stamp
             except RuntimeError as exc:
                 raise _node_failed(str(exc), node_log) from None
             time.sleep(0.5)
-            with rec.lock:
-                rec.latencies.clear()
-                rec.candidates.clear()
+            rec.clear()
         with timed(timings, "replay_s"):
             sent, wall = _play(rec, msgs, bag_stamps)
             rec.drain(sent[-1])  # trailing matches and one more /diagnostics message
