@@ -162,3 +162,17 @@ def test_energy_cli_missing_weights_is_one_line_error(tmp_path, capsys):
     rc = main(["energy", "--weights", str(tmp_path / "nope.safetensors"), "--no-proxy"])
     assert rc == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_binary_spikes_times_count_matrix_uses_spikingjelly_rule():
+    # Spiking self-attention: (k^T v) is an integer count matrix, q the binary spike train;
+    # each q spike accumulates one column of the count matrix (nnz(q) x rows).
+    syn_rules, _ = spike_count_rules()
+    g = torch.Generator().manual_seed(1)
+    kv = torch.randint(0, 4, (2, 3, 3), generator=g).float()
+    kv[0, 0, 0] = 3.0
+    q = (torch.rand(2, 3, 5, generator=g) < 0.4).float()
+    c = SynOpCounter(extra_rules=syn_rules)
+    with torch.no_grad(), DispatchCounterMode([c]):
+        torch.bmm(kv, q)
+    assert c.get_total() == int(q.sum()) * 3

@@ -82,13 +82,15 @@ def _conv_count_sops(args: tuple) -> int:
 
 
 def _mm_count_sops(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> int | None:
-    """(Batched) matmul ``x @ y`` with at least one spike-count operand; None if none is."""
+    """(Batched) matmul ``x @ y`` where a spike-count operand meets real weights (count x
+    fan-out) or another count tensor; None = spikingjelly's own rule applies (binary spikes,
+    including binary x count, where the binary operand is the spike train)."""
     kx, ky = _kind(x), _kind(y)
-    if kx == "count" or ky == "count":
-        if kx != "real" and ky != "real":
-            return _sum(out)  # every non-zero product of two spike tensors is one accumulation
-        if kx != "real":
-            return _sum(x) * int(y.shape[-1])
+    if {kx, ky} == {"count"}:
+        return _sum(out)
+    if kx == "count" and ky == "real":
+        return _sum(x) * int(y.shape[-1])
+    if ky == "count" and kx == "real":
         return _sum(y) * int(x.shape[-2])
     return None
 

@@ -127,6 +127,19 @@ def _frames(data_root: str | None, n: int):
     return np.random.default_rng(0).integers(0, 256, (n, 32, 64), dtype=np.uint8), "random"
 
 
+def _busy_processes(n: int = 5) -> list[str]:
+    """The ``n`` most CPU-hungry other processes (``ps``), to record what shared the CPU."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["ps", "-eo", "pid=,pcpu=,args=", "--sort=-pcpu"],
+                             capture_output=True, text=True, timeout=5, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    rows = [line.split(None, 1) for line in out.splitlines() if line.strip()]
+    return [r[1][:120] for r in rows if len(r) == 2 and r[0] != str(os.getpid())][:n]
+
+
 def _student(variant: str, weights: str | None):
     from vl2spike_ros import models
 
@@ -155,7 +168,8 @@ def run_speed(variants: list[str], weights: str | None = None, clip_arch: str = 
     load_before = os.getloadavg()
     res: dict[str, Any] = {"students": {}, "threads": threads, "batch": batch,
                            "input": f"{source} frames 32x64 grey", "seconds_per_measure": seconds,
-                           "load_avg_before": [round(v, 2) for v in load_before]}
+                           "load_avg_before": [round(v, 2) for v in load_before],
+                           "busy_processes_before": _busy_processes()}
     jobs = [("student", v) for v in variants] + [("teacher", clip_arch)]
     for kind, name in tqdm(jobs, desc="bench speed", unit="model"):
         if kind == "student":

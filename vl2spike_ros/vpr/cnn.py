@@ -53,6 +53,10 @@ class PlaceCNN(nn.Module):
         """``[B, C, H, W]`` -> unnormalised embedding ``[B, D]``."""
         return self.proj(self.features(x).flatten(1))
 
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> last conv features as a token grid ``[B, h*w, C_last]`` (row-major)."""
+        return self.features(x).flatten(2).transpose(1, 2)
+
     def descriptor(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` -> L2-normalised descriptor ``[B, D]``."""
         return nn.functional.normalize(self.embed(x), dim=-1)

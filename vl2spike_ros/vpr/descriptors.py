@@ -92,8 +92,8 @@ def model_input_spec(model) -> tuple[tuple[int, int], int]:
     return tuple(cfg.img_size), int(cfg.in_chans)
 
 
-@torch.no_grad()
-def extract_descriptors(model, images: np.ndarray, batch_size: int = 64,
+@torch.inference_mode()
+def extract_descriptors(model, images: np.ndarray, batch_size: int = 128,
                         device: str = "cpu") -> np.ndarray:
     """Descriptors ``[N, D]`` float32, L2-normalised, for ``uint8`` images ``[N, H, W(, C)]``."""
     img_size, in_chans = model_input_spec(model)

@@ -6,6 +6,9 @@ place descriptors:
 
 - ``svs_cos``: 1 - cos(proj(pooled spike tokens), teacher descriptor) (alignment on the
   teacher's manifold through a learned projector);
+- ``svs_tok``: per-token alignment, 1 - cos(proj_tok(spike rate of token n), teacher feature
+  map at grid cell n), when the teacher exposes a feature map on the student's token grid
+  (``teacher.feature_map(x) -> [B, N, C]``);
 - ``svs_rel``: KL between the batch similarity structures of student descriptors and teacher
   descriptors (relational term);
 - ``svs_temporal`` (warm-started: 0 for ``warmup_steps``, then linear ramp): per-time-step
@@ -27,6 +30,7 @@ from vl2spike_ros.vpr.train import info_nce
 
 @dataclass(frozen=True)
 class SVSWeights:
+    tok: float = 1.0
     cos: float = 1.0
     rel: float = 1.0
     rel_temperature: float = 0.1
@@ -51,7 +55,7 @@ class SpikeVPRLoss(nn.Module):
 
     def __init__(self, embed_dim: int, temperature: float = 0.07, exclude_radius: int = 3,
                  teacher: nn.Module | None = None, teacher_dim: int = 0,
-                 weights: SVSWeights = SVSWeights()):
+                 weights: SVSWeights = SVSWeights(), teacher_tok_dim: int = 0):
         super().__init__()
         self.temperature, self.exclude_radius, self.w = temperature, exclude_radius, weights
         self.teacher = teacher
@@ -61,6 +65,8 @@ class SpikeVPRLoss(nn.Module):
                 p.requires_grad_(False)
             self.proj = nn.Sequential(nn.Linear(embed_dim, 256), nn.GELU(),
                                       nn.Linear(256, teacher_dim))
+            if teacher_tok_dim:
+                self.proj_tok = nn.Linear(embed_dim, teacher_tok_dim)
         self.steps = 0
 
     def train(self, mode: bool = True) -> "SpikeVPRLoss":
@@ -85,8 +91,14 @@ class SpikeVPRLoss(nn.Module):
         if self.teacher is not None:
             with torch.no_grad():
                 t = F.normalize(self.teacher.descriptor(x), dim=-1)
+                tmap = self.teacher.feature_map(x) if hasattr(self, "proj_tok") else None
             s = F.normalize(self.proj(model.pool(tokens)), dim=-1)
             out["svs_cos"] = (1 - (s * t).sum(-1)).mean()
+            total = total + self.w.cos * out["svs_cos"]
+            if tmap is not None and tmap.shape[1] == tokens.shape[2]:
+                st = F.normalize(self.proj_tok(tokens.mean(0)), dim=-1)       # [B, N, C]
+                out["svs_tok"] = (1 - (st * F.normalize(tmap, dim=-1)).sum(-1)).mean()
+                total = total + self.w.tok * out["svs_tok"]
             tau = self.w.rel_temperature
             out["svs_rel"] = F.kl_div(F.log_softmax(z @ z.t() / tau, -1),
                                       F.log_softmax(t @ t.t() / tau, -1),
@@ -94,7 +106,7 @@ class SpikeVPRLoss(nn.Module):
             tt = temporal_terms(cap)
             out.update(tt)
             out["svs_temporal"] = tt["t_feat"] + tt["t_mem"] + tt["t_rate"]
-            total = total + self.w.cos * out["svs_cos"] + self.w.rel * out["svs_rel"] \
+            total = total + self.w.rel * out["svs_rel"] \
                 + self.w.temporal * self._ramp() * out["svs_temporal"]
         if self.training:
             self.steps += 1

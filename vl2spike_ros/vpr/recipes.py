@@ -79,7 +79,8 @@ def train_spikformer(root, out_ckpt: Path, cfg: TrainConfig, variant: str = "spi
     model.vpr_descriptor = descriptor
     loss = SpikeVPRLoss(model.config.embed_dim, cfg.temperature, cfg.exclude_radius, teacher,
                         teacher.config.descriptor_dim if teacher is not None else 0,
-                        svs or SVSWeights())
+                        svs or SVSWeights(),
+                        teacher.config.widths[-1] if teacher is not None else 0)
     holder = _WithLoss(model, loss)
     hist = train_on_nordland(holder, root, out_ckpt, cfg, loss_fn=holder.loss_fn,
                              train_frac=train_frac, val_frac=val_frac)
