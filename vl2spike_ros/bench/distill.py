@@ -117,6 +117,8 @@ def run_benchmark(config: str | Path, json_out: str | Path, work: Path,
     write_json_atomic(json_out, result)
     _write_table(result, Path(json_out).with_suffix(".md"))
     _plot(result, Path(json_out).with_suffix(".png"))
+    for suffix in (".json", ".md", ".png"):  # atomic temp files are created 0600
+        Path(json_out).with_suffix(suffix).chmod(0o644)
     print(Path(json_out).with_suffix(".md").read_text())
     return result
 

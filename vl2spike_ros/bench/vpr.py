@@ -27,6 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--seq-len", type=int, default=5, help="sequence matching length")
     p.add_argument("--vprtempo-json", default=None,
                    help="results of VPRTempo run in its own venv (same JSON layout per method)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for timing (default 1)")
     p.add_argument("--model-card", default=None, metavar="MD",
                    help="also write a model card for the vl2spike weights here")
     p.set_defaults(func=_handler)
@@ -92,11 +93,15 @@ def _handler(ns) -> int:
     from vl2spike_ros.vpr.nordland_bench import (evaluate_method, markdown_table, model_energy,
                                                  plot_curves)
 
+    import torch
+
+    torch.set_num_threads(ns.threads)
     root = nordland_root(Path(ns.data_root) / "nordland" if ns.data_root else None)
     wdir = Path(ns.weights_dir)
     res = {"protocol": {"dataset": str(root), "split": "held-out: last 40% of places (train: first 60%)",
                         "tolerances_frames": [0, 1, 2], "recall_unit": "percent",
-                        "seq_len": ns.seq_len, "directions": "query season -> database season"},
+                        "seq_len": ns.seq_len, "directions": "query season -> database season",
+                        "torch_threads": ns.threads},
            "methods": {}}
     if ns.train:
         res["train_seconds"] = _train(ns, root, wdir)

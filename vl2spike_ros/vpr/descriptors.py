@@ -61,14 +61,14 @@ def descriptor_mode(model) -> str:
 def spatial_from_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
     """Spikformer spike tokens ``[T, B, N, D]`` -> spatial place descriptor ``[B, N * d]``.
 
-    Tokens are averaged over T (spike rates), each token goes through the model's own
-    descriptor head (``desc_norm`` + ``desc_proj``, d = ``config.descriptor_dim``) and is
-    L2-normalised (like HOG block normalisation); the grid is flattened and L2-normalised.
-    Keeps the spatial layout that mean pooling over tokens would discard.
+    Tokens are averaged over T (spike rates); each token goes through the model's own
+    descriptor head (``desc_norm`` LayerNorm, which equalises token scale, then ``desc_proj``
+    to d = ``config.descriptor_dim``); the grid is flattened and L2-normalised. Keeps the
+    spatial layout that mean pooling over tokens would discard. (No per-token L2 norm: silent
+    tokens are zero vectors and normalising them explodes the gradient.)
     """
     z = model.desc_proj(model.desc_norm(tokens.mean(0)))          # [B, N, d]
-    z = torch.nn.functional.normalize(z.float(), dim=-1).flatten(1)
-    return torch.nn.functional.normalize(z, dim=-1)
+    return torch.nn.functional.normalize(z.float().flatten(1), dim=-1)
 
 
 def place_descriptor(model, x: torch.Tensor) -> torch.Tensor:
