@@ -10,6 +10,7 @@ log = logging.getLogger(__name__)
 WEIGHTS_DIR = Path("bench/weights")
 TEACHER = "vpr_teacher_cnn.safetensors"
 DIRECT = "vpr_spikformer_direct.safetensors"
+SCRATCH = "vpr_spikformer_distilled_scratch.safetensors"  # optional: distilled from random init
 
 
 def register(subparsers) -> None:
@@ -21,8 +22,6 @@ def register(subparsers) -> None:
     p.add_argument("--weights-dir", default=str(WEIGHTS_DIR), help="teacher + direct weights")
     p.add_argument("--vl2spike-weights", default=None, help="default: packaged default weights")
     p.add_argument("--train", action="store_true", help="retrain teacher, direct and distilled")
-    p.add_argument("--epochs-teacher", type=int, default=15)
-    p.add_argument("--epochs-student", type=int, default=8)
     p.add_argument("--ckpt-dir", default="bench/weights/ckpt", help="resumable checkpoints")
     p.add_argument("--seq-len", type=int, default=5, help="sequence matching length")
     p.add_argument("--vprtempo-json", default=None,
@@ -50,21 +49,10 @@ def _targets(methods: dict) -> dict:
 
 
 def _train(ns, root, wdir: Path) -> dict:
-    import torch
+    """Retrain teacher, direct and distilled students with the shipped recipes (resumable)."""
+    from vl2spike_ros.cli.cmd_vpr import main_train
 
-    from vl2spike_ros.models import default_vpr_weights
-    from vl2spike_ros.vpr.recipes import train_student, train_teacher_cnn
-    from vl2spike_ros.vpr.train import TrainConfig
-
-    torch.set_num_threads(1)
-    out = {}
-    out["teacher"] = train_teacher_cnn(root, wdir / TEACHER, TrainConfig(epochs=ns.epochs_teacher),
-                                       ns.ckpt_dir)
-    scfg = TrainConfig(epochs=ns.epochs_student, lr=1.5e-3)
-    out["spikformer"] = train_student(root, wdir / DIRECT, scfg, ns.ckpt_dir)
-    dst = Path(ns.vl2spike_weights) if ns.vl2spike_weights else default_vpr_weights()
-    out["vl2spike"] = train_student(root, dst, scfg, ns.ckpt_dir, teacher_path=wdir / TEACHER)
-    return {k: v["train_seconds"] for k, v in out.items()}
+    return main_train(root, wdir, ns.vl2spike_weights, None, ns.ckpt_dir)
 
 
 def _methods(ns, wdir: Path):
@@ -75,8 +63,11 @@ def _methods(ns, wdir: Path):
     yield "sad", baseline_method("sad"), None, None
     yield "hog", baseline_method("hog"), None, None
     paths = {"teacher": wdir / TEACHER, "spikformer": wdir / DIRECT,
-             "vl2spike": Path(ns.vl2spike_weights) if ns.vl2spike_weights else default_vpr_weights()}
+             "vl2spike": Path(ns.vl2spike_weights) if ns.vl2spike_weights else default_vpr_weights(),
+             "vl2spike_scratch": wdir / SCRATCH}
     for name, p in paths.items():
+        if name == "vl2spike_scratch" and not p.is_file():
+            continue
         if not p.is_file():
             yield name, None, f"weights {p} not found (run with --train)", None
             continue

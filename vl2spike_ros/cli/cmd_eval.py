@@ -22,6 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--radius", type=float, default=None, help="metric radius (m) if positions")
     p.add_argument("--seq-len", type=int, default=1, help="sequence matching length (1 = off)")
     p.add_argument("--topic", default=None, help="image topic (bags)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--json", default=None, metavar="PATH", help="write metrics JSON here")
     p.add_argument("--plot", default=None, metavar="PNG", help="write the PR curve here")
     p.set_defaults(func=_handler)
@@ -52,9 +53,12 @@ def run_eval(db: str, queries: str, weights: str | None = None, method: str = "m
 
 
 def _handler(ns) -> int:
+    import torch
+
     from vl2spike_ros.atomic import write_json_atomic
     from vl2spike_ros.vpr.evaluation import plot_pr, strip_curves
 
+    torch.set_num_threads(ns.threads)
     res = run_eval(ns.db, ns.queries, ns.weights, ns.method, ns.tolerance, ns.radius,
                    ns.seq_len, ns.topic)
     if ns.plot:

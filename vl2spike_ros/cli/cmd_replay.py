@@ -19,6 +19,7 @@ def register(subparsers) -> None:
                         "count equals the map size, else none")
     p.add_argument("--tolerance", type=int, default=1, help="frame tolerance (aligned)")
     p.add_argument("--radius", type=float, default=None, help="metric radius in m")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the node)")
     p.add_argument("--csv", default=None, metavar="PATH", help="per-frame matches CSV")
     p.add_argument("--json", default=None, metavar="PATH", help="summary + metrics JSON")
     p.set_defaults(func=_handler)
@@ -61,10 +62,13 @@ def run_replay(bag: str, map_dir: str, weights: str | None = None, topic: str | 
 
 
 def _handler(ns) -> int:
+    import torch
+
     from vl2spike_ros.atomic import write_json_atomic
     from vl2spike_ros.vpr.evaluation import strip_curves
     from vl2spike_ros.vpr.replay import write_csv
 
+    torch.set_num_threads(ns.threads)
     rows, out = run_replay(ns.bag, ns.map_dir, ns.weights, ns.topic, ns.pose_topic, ns.top_k,
                            ns.threshold, ns.seq_len, ns.gt, ns.tolerance, ns.radius)
     out = strip_curves(out)

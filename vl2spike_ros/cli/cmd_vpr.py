@@ -1,5 +1,6 @@
 """``vl2spike vpr train``: train the Nordland VPR models (ANN teacher, Spikformer direct,
-Spikformer distilled = the packaged default weights). Resumes from checkpoints."""
+Spikformer distilled = the packaged default weights: warm-started from the direct student,
+then InfoNCE + SVS terms from the teacher). Resumes from checkpoints."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,9 +17,6 @@ def register(subparsers) -> None:
     t.add_argument("--weights-dir", default="bench/weights", help="teacher + direct weights")
     t.add_argument("--out", default=None, help="distilled weights (default: packaged default)")
     t.add_argument("--teacher", default=None, help="teacher weights (default: weights-dir)")
-    t.add_argument("--epochs-teacher", type=int, default=15)
-    t.add_argument("--epochs-student", type=int, default=8)
-    t.add_argument("--lr-student", type=float, default=1.5e-3)
     t.add_argument("--ckpt-dir", default="bench/weights/ckpt")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     t.add_argument("--json", default=None, metavar="PATH", help="training summary JSON")
@@ -29,32 +27,38 @@ def _train(ns) -> int:
     import torch
 
     from vl2spike_ros.atomic import write_json_atomic
-    from vl2spike_ros.models import default_vpr_weights
     from vl2spike_ros.paths import nordland_root
-    from vl2spike_ros.vpr.recipes import train_student, train_teacher_cnn
-    from vl2spike_ros.vpr.train import TrainConfig
 
     torch.set_num_threads(ns.threads)
     root = nordland_root(Path(ns.data_root) / "nordland" if ns.data_root else None)
-    wdir = Path(ns.weights_dir)
-    teacher = Path(ns.teacher) if ns.teacher else wdir / "vpr_teacher_cnn.safetensors"
-    scfg = TrainConfig(epochs=ns.epochs_student, lr=ns.lr_student)
-    out = {}
-    if ns.what in ("all", "teacher"):
-        out["teacher"] = train_teacher_cnn(root, teacher, TrainConfig(epochs=ns.epochs_teacher),
-                                           ns.ckpt_dir)
-    if ns.what in ("all", "direct"):
-        out["spikformer"] = train_student(root, wdir / "vpr_spikformer_direct.safetensors", scfg,
-                                          ns.ckpt_dir)
-    if ns.what in ("all", "distilled"):
-        if not teacher.is_file():
-            raise FileNotFoundError(f"teacher weights {teacher} missing: train them first "
-                                    "(vl2spike vpr train teacher)")
-        out["vl2spike"] = train_student(root, Path(ns.out) if ns.out else default_vpr_weights(),
-                                        scfg, ns.ckpt_dir, teacher_path=teacher)
+    out = main_train(root, Path(ns.weights_dir), ns.out, ns.teacher, ns.ckpt_dir, ns.what)
     for k, v in out.items():
         last = v["history"][-1] if v["history"] else {}
         print(f"{k}: {v['train_seconds']:.0f} s, last epoch {last}")
     if ns.json:
         write_json_atomic(ns.json, out)
     return 0
+
+
+def main_train(root: Path, wdir: Path, out_path: str | None, teacher_path: str | None,
+               ckpt_dir: str, what: str = "all") -> dict:
+    """Train the requested models with the shipped recipes; returns their training summaries."""
+    from vl2spike_ros.models import default_vpr_weights
+    from vl2spike_ros.vpr.recipes import (DIRECT_CFG, DISTILL_CFG, TEACHER_CFG, distill_svs,
+                                          train_student, train_teacher_cnn)
+
+    teacher = Path(teacher_path) if teacher_path else wdir / "vpr_teacher_cnn.safetensors"
+    direct = wdir / "vpr_spikformer_direct.safetensors"
+    out = {}
+    if what in ("all", "teacher"):
+        out["teacher"] = train_teacher_cnn(root, teacher, TEACHER_CFG, ckpt_dir)
+    if what in ("all", "direct"):
+        out["spikformer"] = train_student(root, direct, DIRECT_CFG, ckpt_dir)
+    if what in ("all", "distilled"):
+        for need, step in ((teacher, "teacher"), (direct, "direct")):
+            if not need.is_file():
+                raise FileNotFoundError(f"{need} missing: train it first (vl2spike vpr train {step})")
+        out["vl2spike"] = train_student(root, Path(out_path) if out_path else default_vpr_weights(),
+                                        DISTILL_CFG, ckpt_dir, teacher_path=teacher,
+                                        init_from=direct, svs=distill_svs())
+    return out

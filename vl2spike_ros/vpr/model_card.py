@@ -46,6 +46,7 @@ def write_model_card(path: str | Path, bench: dict) -> None:
 - Data: {info.get('data', {})}
 - Loss: {info.get('loss')}
 - Teacher: {info.get('teacher')}
+- Warm start: {info.get('init_from', 'none (random init)')}; SVS weights: {info.get('svs_weights')}
 - Training config: {info.get('train_config')}; {info.get('train_seconds')} s on a shared 2-core CPU
   (1 torch thread, niced). Last epoch: {hist[-1] if hist else 'n/a'}
 - Rebuild from scratch: `vl2spike vpr train all` (teacher, direct student, distilled student;

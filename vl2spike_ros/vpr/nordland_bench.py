@@ -26,6 +26,7 @@ def evaluate_method(method: Method, seasons: dict[str, np.ndarray], tolerances=(
                     seq_len: int = 5) -> tuple[dict, dict]:
     """(results dict, PR curves at tol 1 per direction) for one method on held-out seasons."""
     desc, t_desc = {}, {}
+    method.describe(next(iter(seasons.values()))[:1])  # warm-up (first-call overheads)
     for name, imgs in seasons.items():
         t0 = time.perf_counter()
         desc[name] = method.describe(imgs)

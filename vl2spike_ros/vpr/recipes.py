@@ -66,7 +66,8 @@ def train_on_nordland(model, root, out_ckpt: Path, cfg: TrainConfig, loss_fn=Non
 
 def train_spikformer(root, out_ckpt: Path, cfg: TrainConfig, variant: str = "spikformer_vpr",
                      teacher=None, svs=None, train_frac: float = 0.6, val_frac: float = 0.1,
-                     descriptor: str = "spatial", **overrides):
+                     descriptor: str = "spatial", init_from: str | Path | None = None,
+                     **overrides):
     """Spikformer student trained with InfoNCE (+ SVS distillation from ``teacher``).
 
     Returns (model, history). The SVS projector is part of the loss and is not saved with the
@@ -77,6 +78,9 @@ def train_spikformer(root, out_ckpt: Path, cfg: TrainConfig, variant: str = "spi
 
     model = create_model(variant, **overrides)
     model.vpr_descriptor = descriptor
+    if init_from is not None:  # warm start (e.g. distil on top of the directly trained student)
+        from vl2spike_ros.models import load_model
+        model.load_state_dict(load_model(init_from, expected=model.config).state_dict())
     loss = SpikeVPRLoss(model.config.embed_dim, cfg.temperature, cfg.exclude_radius, teacher,
                         teacher.config.descriptor_dim if teacher is not None else 0,
                         svs or SVSWeights(),
@@ -123,7 +127,8 @@ def train_teacher_cnn(root, out: str | Path, cfg: TrainConfig, ckpt_dir: str | P
 def train_student(root, out: str | Path, cfg: TrainConfig, ckpt_dir: str | Path,
                   teacher_path: str | Path | None = None, variant: str = "spikformer_vpr",
                   train_frac: float = 0.6, val_frac: float = 0.1,
-                  descriptor: str = "spatial", token_dim: int = 8) -> dict:
+                  descriptor: str = "spatial", token_dim: int = 8,
+                  init_from: str | Path | None = None, svs=None) -> dict:
     """Train the Spikformer directly (no teacher) or distilled (SVS from the CNN teacher)."""
     import time
 
@@ -138,9 +143,14 @@ def train_student(root, out: str | Path, cfg: TrainConfig, ckpt_dir: str | Path,
     over = {"descriptor_dim": token_dim} if descriptor == "spatial" else {}
     model, hist = train_spikformer(root, Path(ckpt_dir) / f"{name}.ckpt", cfg, variant, teacher,
                                    train_frac=train_frac, val_frac=val_frac,
-                                   descriptor=descriptor, **over)
+                                   descriptor=descriptor, init_from=init_from, svs=svs, **over)
     info = _train_info(name, cfg, hist, time.time() - t0, train_frac, val_frac)
     info["vpr"] = {"descriptor": descriptor}
+    if init_from is not None:
+        info["init_from"] = str(init_from)
+    if svs is not None:
+        import dataclasses
+        info["svs_weights"] = dataclasses.asdict(svs)
     if teacher_path:
         from vl2spike_ros.models import weights_hash
         info["teacher"] = {"path": str(teacher_path), "sha256_16": weights_hash(teacher_path),
@@ -157,5 +167,17 @@ def _train_info(name, cfg, hist, seconds, train_frac, val_frac) -> dict:
                      "val_frac_of_train": val_frac,
                      "held_out": f"last {1 - train_frac:.0%} of places, never used in training"},
             "loss": "InfoNCE (positives: same place other season +-pos_tolerance)"
-                    + (" + SVS (cos align, relational KL, warm-started temporal)"
+                    + (" + SVS (per-token and global alignment, relational KL, warm-started temporal)"
                        if name == "spikformer_distilled" else "")}
+
+
+# The settings the shipped weights were trained with (see vl2spike_ros/assets/vpr_default.md).
+TEACHER_CFG = TrainConfig(epochs=15)          # shipped teacher: snapshot after epoch 10 of 15
+DIRECT_CFG = TrainConfig(epochs=6, lr=3e-3)
+DISTILL_CFG = TrainConfig(epochs=3, lr=1e-3, seed=1)   # warm start from the direct student
+
+
+def distill_svs():
+    """SVS weights of the shipped distilled student."""
+    from vl2spike_ros.vpr.distill_vpr import SVSWeights
+    return SVSWeights(tok=0.5, cos=0.0, rel=0.1, temporal=0.5, warmup_steps=10, ramp_steps=20)

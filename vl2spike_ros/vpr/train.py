@@ -89,10 +89,16 @@ def sample_batch(a: torch.Tensor, b: torch.Tensor, n: int, cfg: TrainConfig,
     return (augment(xa, gen, cfg.shift_px), augment(xp, gen, cfg.shift_px), idx, pidx)
 
 
-def _load_ckpt(path: Path | None, model, opt, sched) -> tuple[int, list]:
+def _load_ckpt(path: Path | None, model, opt, sched, cfg: TrainConfig) -> tuple[int, list]:
     if path is None or not path.is_file():
         return 0, []
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for bad files
+        raise ValueError(f"checkpoint {path} is unreadable ({exc}); delete it to restart") from exc
+    if state.get("config") != dataclasses.asdict(cfg):
+        raise ValueError(f"checkpoint {path} was written with other settings "
+                         f"{state.get('config')}; delete it or train with the same settings")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
@@ -114,7 +120,7 @@ def train_descriptor(model: torch.nn.Module, trav_a: torch.Tensor, trav_b: torch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * steps,
                                                 pct_start=0.1)
     ckpt = Path(ckpt) if ckpt else None
-    start, history = _load_ckpt(ckpt, model, opt, sched)
+    start, history = _load_ckpt(ckpt, model, opt, sched, cfg)
     loss_fn = loss_fn or contrastive_loss(cfg)
     for epoch in range(start, cfg.epochs):
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
