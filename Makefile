@@ -25,7 +25,8 @@ demo: setup
 	$(VENV)/bin/vl2spike demo
 
 weights: setup
-	$(VENV)/bin/vl2spike weights build
+	$(VENV)/bin/vl2spike vpr train all
+	$(VENV)/bin/vl2spike bench vpr --json bench/results/vpr_nordland.json --model-card vl2spike_ros/assets/vpr_default.md
 
 bench-speed: setup
 	$(VENV)/bin/vl2spike bench speed --json bench/results/speed.json

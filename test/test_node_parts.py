@@ -42,8 +42,9 @@ def test_markdown_table_lists_every_parameter_and_docs_are_in_sync():
         assert row.startswith(f"| `{spec.name}` | {spec.type} |")
         assert row.count("|") == 7, row  # no stray pipes breaking the table
     assert "1 .. 100" in rows[[s.name for s in PARAM_SPECS].index("top_k")]
-    doc = (ROOT / "docs" / "node_api.md").read_text()
-    assert update_markdown(doc) == doc, "run: python -m vl2spike_ros.ros.params --update docs/node_api.md"
+    for name in ("docs/node_api.md", "README.md"):
+        doc = (ROOT / name).read_text()
+        assert update_markdown(doc) == doc, f"run: python -m vl2spike_ros.ros.params --update {name}"
 
 
 def test_render_yaml_round_trips():

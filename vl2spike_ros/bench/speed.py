@@ -146,7 +146,9 @@ def _student(variant: str, weights: str | None):
     if weights is None and variant == "spikformer_vpr" and models.default_vpr_weights().is_file():
         weights = str(models.default_vpr_weights())
     if weights is not None:
-        m = models.load_model(weights, expected=variant)
+        m = models.load_model(weights)  # the file's own config (e.g. its descriptor size)
+        if m.config.name != variant:
+            raise ValueError(f"{weights} holds variant {m.config.name!r}, not {variant!r}")
         return m, str(weights)
     return models.create_model(variant).eval(), "random (speed does not depend on weights)"
 

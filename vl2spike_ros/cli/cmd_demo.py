@@ -27,6 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, default=None, help="use only the first N held-out places")
     p.add_argument("--tolerance", type=int, default=1, help="frame tolerance for recall")
     p.add_argument("--top-k", type=int, default=5, help="candidates per frame")
+    p.add_argument("--seq-len", type=int, default=1,
+                   help="sequence-consistent matching over the last N frames (1 = single frame)")
     p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap", help="bag storage")
     p.add_argument("--startup-timeout", type=float, default=120.0,
                    help="seconds to wait for vpr_node to answer its first frame")
@@ -49,7 +51,8 @@ def _run(ns) -> int:
 
     out = ns.out or Path("out") / time.strftime("demo-%Y%m%d-%H%M%S")
     cfg = DemoConfig(out_dir=out, data_root=ns.data_root, weights=ns.weights, rate_hz=ns.rate,
-                     tolerance=ns.tolerance, top_k=ns.top_k, limit=ns.limit, storage=ns.storage,
+                     tolerance=ns.tolerance, top_k=ns.top_k, seq_len=ns.seq_len, limit=ns.limit,
+                     storage=ns.storage,
                      startup_timeout_s=ns.startup_timeout, num_threads=ns.threads)
     try:
         report = run_demo(cfg)

@@ -48,6 +48,7 @@ class DemoConfig:
     train_frac: float = 0.6
     tolerance: int = 1
     top_k: int = 5
+    seq_len: int = 1
     limit: int | None = None
     storage: str = "mcap"
     startup_timeout_s: float = 120.0
@@ -59,6 +60,7 @@ class DemoConfig:
                   (0.0 < self.train_frac < 1.0, f"train_frac {self.train_frac}"),
                   (self.tolerance >= 0, f"tolerance {self.tolerance}"),
                   (self.top_k >= 1, f"top_k {self.top_k}"),
+                  (self.seq_len >= 1, f"seq_len {self.seq_len}"),
                   (self.limit is None or self.limit >= 1, f"limit {self.limit}"),
                   (self.storage in ("mcap", "sqlite3"), f"storage {self.storage!r}"),
                   (self.startup_timeout_s > 0, f"startup_timeout_s {self.startup_timeout_s}"),
@@ -66,7 +68,8 @@ class DemoConfig:
         bad = [what for ok, what in checks if not ok]
         if bad:
             raise ValueError(f"invalid demo setting(s): {', '.join(bad)} (rate, timeout > 0; "
-                             "0 < train_frac < 1; tolerance >= 0; top_k, limit, num_threads >= 1; "
+                             "0 < train_frac < 1; tolerance >= 0; "
+                             "top_k, seq_len, limit, num_threads >= 1; "
                              "storage mcap|sqlite3)")
 
 
@@ -257,7 +260,8 @@ def run_node(cfg: DemoConfig, weights: Path, map_dir: Path, bag: Path,
     from vl2spike_ros.ros.fixtures import write_params_file
 
     params = {"weights": str(weights), "map_dir": str(map_dir), "image_topic": "image",
-              "top_k": cfg.top_k, "num_threads": 1, "match_threshold": 0.0,
+              "top_k": cfg.top_k, "sequence_length": cfg.seq_len, "num_threads": 1,
+              "match_threshold": 0.0,
               "diagnostics_period_s": 1.0}
     params_file = write_params_file(cfg.out_dir / "vpr_node_params.yaml", params)
     with timed(timings, "bag_to_msgs_s"):
@@ -319,14 +323,14 @@ def _diag_float(diag: dict[str, str], key: str) -> float | None:
 
 
 def offline_agreement(weights: Path, prep: dict[str, Any], res: dict[str, Any],
-                      top_k: int) -> float:
+                      top_k: int, seq_len: int = 1) -> float:
     """Percent of processed frames whose node top-1 equals the offline VPRPipeline's top-1."""
     from tqdm import tqdm
 
     from vl2spike_ros.io.bags import read_image_bag
     from vl2spike_ros.vpr.pipeline import VPRPipeline
 
-    pipe = VPRPipeline(weights, prep["map_dir"], top_k=top_k, energy=False)
+    pipe = VPRPipeline(weights, prep["map_dir"], top_k=top_k, seq_len=seq_len, energy=False)
     frames = [f.image for f in read_image_bag(prep["bag"])]
     todo = tqdm(res["query_index"], desc="[demo] offline check", unit="frame")
     offline = np.array([pipe.process(frames[i]).best_id for i in todo])
@@ -391,7 +395,7 @@ def _run_demo(cfg: DemoConfig) -> dict[str, Any]:
     got = run_node(cfg, prep["weights"], prep["map_dir"], prep["bag"], timings)
     with timed(timings, "scoring_s"):
         res = score(cfg, prep, got)
-        agree = offline_agreement(prep["weights"], prep, res, cfg.top_k)
+        agree = offline_agreement(prep["weights"], prep, res, cfg.top_k, cfg.seq_len)
         m = res["metrics"]
         plot_pr({"vpr_node (summer query vs winter map)": m["_curve"]},
                 cfg.out_dir / "pr_curve.png",
