@@ -5,7 +5,6 @@ writes the JSON, a markdown table and a PNG plot. Teacher features are computed 
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import statistics
