@@ -14,7 +14,7 @@ def register(subparsers) -> None:
                     "default weights, writes the summer held-out segment into an mcap bag, "
                     "replays it through vpr_node (loopback-only DDS) and reports recall, "
                     "latency, frames/s and energy. The last line of output is "
-                    "'demo: recall@1=<%%> latency_p95_ms=<ms> fps=<frames/s> "
+                    "'demo: recall@1=<percent> latency_p95_ms=<ms> fps=<frames/s> "
                     "energy_mj=<mJ/frame>'.")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: out/demo-<date-time>)")

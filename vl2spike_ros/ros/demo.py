@@ -399,8 +399,9 @@ def _run_demo(cfg: DemoConfig) -> dict[str, Any]:
         m = res["metrics"]
         plot_pr({"vpr_node (summer query vs winter map)": m["_curve"]},
                 cfg.out_dir / "pr_curve.png",
-                title=f"Nordland held-out, {res['frames_processed']} queries vs {prep['n']} "
-                      f"places: R@1 {m['recall']['r1']:.1f}%, tolerance +-{cfg.tolerance}")
+                title=f"Nordland held-out: {res['frames_processed']} queries vs {prep['n']} places\n"
+                      f"R@1 {m['recall']['r1']:.1f}% (tolerance +-{cfg.tolerance} frames, "
+                      f"sequence length {cfg.seq_len})")
     timings["total_s"] = round(time.monotonic() - t0, 3)
     report = build_report(cfg, prep, res, agree, timings)
     write_json_atomic(cfg.out_dir / "report.json", report)
