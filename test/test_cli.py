@@ -39,3 +39,13 @@ def test_user_error_is_one_line_and_exit_2(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("vl2spike eval: error:"), err
     assert "missing_db" in err[0]
     assert not (tmp_path / "out.json").exists()
+
+
+def test_map_build_refuses_to_overwrite_an_existing_map(tmp_path, capsys):
+    out = tmp_path / "map"
+    out.mkdir()
+    (out / "map.json").write_text("{}")
+    rc = main(["map", "build", str(tmp_path / "frames"), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--overwrite" in err[0], err
+    assert (out / "map.json").read_text() == "{}"  # nothing lost

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(ns.func(ns) or 0)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as exc:
         # User-facing errors: one clear line, non-zero exit, no traceback.
         logging.getLogger("vl2spike").debug("error", exc_info=True)
         print(f"vl2spike {ns.command}: error: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ def register(subparsers) -> None:
     b.add_argument("--pose-topic", default=None, help="pose topic (bags; default: the only one)")
     b.add_argument("--every", type=int, default=1, help="use every N-th frame")
     b.add_argument("--json", default=None, metavar="PATH", help="write a summary JSON")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing map in --out")
     b.set_defaults(func=_build)
     i = sub.add_parser("info", help="print a map's metadata")
     i.add_argument("map_dir")
@@ -25,15 +26,22 @@ def register(subparsers) -> None:
 
 def build_map_from_source(source: str, out: str, weights: str | None = None,
                           factory: str = "Flat", topic: str | None = None,
-                          pose_topic: str | None = None, every: int = 1) -> dict:
-    """Build and save a map; returns a summary dict."""
+                          pose_topic: str | None = None, every: int = 1,
+                          overwrite: bool = False) -> dict:
+    """Build and save a map; returns a summary dict. An existing map in ``out`` raises
+    ``FileExistsError`` unless ``overwrite``."""
     import time
+    from pathlib import Path
+
+    from vl2spike_ros.vpr.placemap import META_FILE
 
     from vl2spike_ros.vpr.pipeline import build_map, load_vpr_model
     from vl2spike_ros.vpr.sources import load_source
 
     if every < 1:
         raise ValueError(f"--every must be >= 1, got {every}")
+    if (Path(out) / META_FILE).exists() and not overwrite:
+        raise FileExistsError(f"{out} holds a map already (pass --overwrite to replace it)")
     t0 = time.perf_counter()
     model, meta = load_vpr_model(weights)
     seq = load_source(source, size=tuple(meta["input_size"][1:]), topic=topic,
@@ -49,7 +57,7 @@ def _build(ns) -> int:
     from vl2spike_ros.atomic import write_json_atomic
 
     res = build_map_from_source(ns.source, ns.out, ns.weights, ns.factory, ns.topic,
-                                ns.pose_topic, ns.every)
+                                ns.pose_topic, ns.every, ns.overwrite)
     if ns.json:
         write_json_atomic(ns.json, res)
     print(f"map {res['map']}: {res['n_places']} places ({res['factory']}, "

@@ -84,6 +84,8 @@ def load_bag(path: str | Path, topic: str | None = None, pose_topic: str | None 
 def load_source(path: str | Path, size: tuple[int, int] | None = None, topic: str | None = None,
                 pose_topic: str | None = None, every: int = 1) -> Sequence:
     """An image folder (natural order; UTM from VPR-methods names) or a bag."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path} does not exist (expected an image folder or a ROS 2 bag)")
     if is_bag(path):
         return load_bag(path, topic, pose_topic, size, every)
     s = load_image_set(path, grayscale=False, size=size)
