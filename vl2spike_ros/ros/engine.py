@@ -30,7 +30,7 @@ class Engine:
         self.pipe = pipeline
         self.map_dir = map_dir
         self.weights = weights
-        self._last_image: np.ndarray | None = None
+        self._last_desc: np.ndarray | None = None  # [1, D] of the last processed frame
 
     @classmethod
     def load(cls, p: NodeParams) -> "Engine":
@@ -66,7 +66,7 @@ class Engine:
         else:
             self.pipe.describe(frame)
         self.pipe.reset()
-        self._last_image = None
+        self._last_desc = None
 
     def __len__(self) -> int:
         return len(self.pipe.map)
@@ -81,17 +81,20 @@ class Engine:
         self.pipe.top_k, self.pipe.threshold = int(top_k), float(threshold)
 
     def process(self, image: np.ndarray) -> Any:
-        """MatchResult for one uint8 frame; an empty result when the map is still empty."""
-        self._last_image = image
+        """MatchResult for one uint8 frame; an empty result when the map is still empty.
+        The frame's descriptor is kept for :meth:`add_last` (no second forward pass)."""
         if len(self) == 0:
             from vl2spike_ros.vpr.pipeline import MatchResult
 
             t0 = time.perf_counter()
-            self.pipe.describe(image)  # same work as a real frame; the map has nothing to search
-            return MatchResult(ids=np.zeros(0, np.int64), scores=np.zeros(0, np.float32),
-                               accepted=False, best_id=-1, best_score=float("-inf"),
-                               latency_ms=(time.perf_counter() - t0) * 1e3)
-        return self.pipe.process(image)
+            desc = self.pipe.describe(image)  # the map has nothing to search yet
+            res = MatchResult(ids=np.zeros(0, np.int64), scores=np.zeros(0, np.float32),
+                              accepted=False, best_id=-1, best_score=float("-inf"),
+                              latency_ms=(time.perf_counter() - t0) * 1e3, descriptor=desc)
+        else:
+            res = self.pipe.process(image)
+        self._last_desc = res.descriptor
+        return res
 
     def place_meta(self, place_id: int) -> dict | None:
         try:
@@ -101,10 +104,9 @@ class Engine:
 
     def add_last(self, meta: dict[str, Any]) -> int:
         """Add the last processed frame as a new place; returns its id."""
-        if self._last_image is None:
+        if self._last_desc is None:
             raise RuntimeError("no frame processed yet")
-        desc = self.pipe.describe(self._last_image)
-        ids = self.pipe.map.add(desc, [meta])
+        ids = self.pipe.map.add(self._last_desc, [meta])
         return int(ids[0])
 
     def reload_map(self, map_dir: str) -> int:

@@ -88,6 +88,7 @@ class MatchResult:
     firing_rate: float | None = None
     energy_mj: float | None = None
     place: dict | None = field(default=None)
+    descriptor: np.ndarray | None = field(default=None, repr=False)  # [1, D] of this frame
 
 
 class _SpikeCounter:
@@ -172,7 +173,8 @@ class VPRPipeline:
         fr, e = self._frame_energy(image)
         return MatchResult(ids=ids, scores=scores, accepted=bool(best_id >= 0 and best >= self.threshold),
                            best_id=best_id, best_score=best, latency_ms=latency, firing_rate=fr,
-                           energy_mj=e, place=self.map.place(best_id) if best_id >= 0 else None)
+                           energy_mj=e, place=self.map.place(best_id) if best_id >= 0 else None,
+                           descriptor=desc)
 
     def _calibrate_energy(self, image: np.ndarray) -> dict:
         """Profile one frame (outside the timed path): constant MAC energy + SOPs per spike."""
