@@ -178,8 +178,9 @@ def _plot(res: dict, path: Path) -> None:
     ax1.set_title("Distillation arms (mean ± std over seeds)")
     ax1.legend()
     for a in names:
-        ax2.scatter(res["arms"][a]["energy_mj"], 100 * res["arms"][a]["top1_mean"], label=a)
-    ax2.set_xlabel("energy per image (mJ)")
+        ax2.errorbar(1e3 * res["arms"][a]["energy_mj"], 100 * res["arms"][a]["top1_mean"],
+                     yerr=100 * res["arms"][a]["top1_std"], fmt="o", capsize=3, label=a)
+    ax2.set_xlabel("energy per image (µJ)")
     ax2.set_ylabel("top-1 (%)")
     ax2.set_title(f"teacher: {res['teacher']['energy_mj']:.4f} mJ/img")
     ax2.legend()
