@@ -7,7 +7,7 @@ DURATION ?= 60
 RATE ?= 30
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test demo weights bench-speed bench-energy bench-distill bench-vpr bench-node bench-map colcon-check clean
+.PHONY: setup test demo weights bench-speed bench-energy bench-distill bench-vpr bench-vprtempo bench-node bench-map colcon-check clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,19 @@ bench-distill: setup
 
 bench-vpr: setup
 	$(VENV)/bin/vl2spike bench vpr --json bench/results/vpr_nordland.json
+
+# VPRTempo baseline in its own venv (torch pinned like ours), results picked up by bench-vpr.
+VT_VENV := .venv-vprtempo
+VT_THREADS ?= 1
+$(VT_VENV)/.setup-stamp: requirements.txt
+	@test -x $(VT_VENV)/bin/python || $(PY_BOOT) -m venv $(VT_VENV)
+	$(VT_VENV)/bin/python -m pip install -q --disable-pip-version-check vprtempo==1.1.10 \
+	  $$(grep -E '^(torch|torchvision|numpy|opencv-python-headless|tqdm)==' requirements.txt)
+	@touch $@
+
+bench-vprtempo: $(VT_VENV)/.setup-stamp
+	nice -n 10 $(VT_VENV)/bin/python bench/vprtempo/run_vprtempo.py --threads $(VT_THREADS) \
+	  --json bench/results/vprtempo_nordland.json
 
 bench-map: setup
 	$(VENV)/bin/vl2spike bench map --json bench/results/map_search.json

@@ -295,15 +295,16 @@ def load_cifar_test_images(tar_path, n: int) -> np.ndarray:
     return np.stack(out)
 
 
-def student_input(images: np.ndarray, cfg) -> torch.Tensor:
+def student_input(images: np.ndarray, cfg, norm: str = "image") -> torch.Tensor:
     """uint8 images -> the student's float input ``[N, C, H, W]``.
 
-    Grey (VPR) variants use the VPR pipeline's preprocessing (resize + per-image
-    standardisation); colour variants get RGB in [0, 1] as in distillation.
+    Grey (VPR) variants use the VPR pipeline's preprocessing (resize + ``norm`` standardisation,
+    see :mod:`vl2spike_ros.vpr.descriptors`); colour variants get RGB in [0, 1] as in
+    distillation.
     """
     if cfg.in_chans == 1:
         from vl2spike_ros.vpr.descriptors import preprocess
-        return preprocess(images, tuple(cfg.img_size), 1)
+        return preprocess(images, tuple(cfg.img_size), 1, norm)
     x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
     x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x[:, None].repeat(1, 3, 1, 1)
     return torch.nn.functional.interpolate(x, size=tuple(cfg.img_size), mode="bilinear",
@@ -423,7 +424,9 @@ def energy_report(variant: str | None = None, weights: str | None = None,
     model, winfo = resolve_student(variant, weights, None if weights else
                                    student_input(calib_raw, models.get_config(
                                        variant or "spikformer_vpr")))
-    x = student_input(meas_raw, model.config)
+    norm = (models.read_model_meta(weights).get("metadata", {}).get("vpr", {})
+            .get("input_norm", "image") if weights else "image")
+    x = student_input(meas_raw, model.config, norm)
     student = student_energy(model, x)
     timgs = teacher_input(meas_raw)
     clip = ClipImageTower(clip_arch)

@@ -10,7 +10,9 @@ log = logging.getLogger(__name__)
 WEIGHTS_DIR = Path("bench/weights")
 TEACHER = "vpr_teacher_cnn.safetensors"
 DIRECT = "vpr_spikformer_direct.safetensors"
-SCRATCH = "vpr_spikformer_distilled_scratch.safetensors"  # optional: distilled from random init
+DISTILLED = "vpr_spikformer_distilled.safetensors"
+CONTINUED = "vpr_spikformer_direct_continued.safetensors"  # equal-budget control (no teacher)
+VPRTEMPO_JSON = Path("bench/results/vprtempo_nordland.json")  # written by `make bench-vprtempo`
 
 
 def register(subparsers) -> None:
@@ -20,12 +22,14 @@ def register(subparsers) -> None:
     p.add_argument("--plot", default=None, metavar="PNG", help="default: <json stem>_pr.png")
     p.add_argument("--data-root", default=None, help="folder holding nordland/ (default: paths)")
     p.add_argument("--weights-dir", default=str(WEIGHTS_DIR), help="teacher + direct weights")
-    p.add_argument("--vl2spike-weights", default=None, help="default: packaged default weights")
+    p.add_argument("--vl2spike-weights", default=None,
+                   help="distilled student (default: <weights-dir>/" + DISTILLED + ")")
     p.add_argument("--train", action="store_true", help="retrain teacher, direct and distilled")
     p.add_argument("--ckpt-dir", default="bench/weights/ckpt", help="resumable checkpoints")
     p.add_argument("--seq-len", type=int, default=5, help="sequence matching length")
     p.add_argument("--vprtempo-json", default=None,
-                   help="results of VPRTempo run in its own venv (same JSON layout per method)")
+                   help="results of VPRTempo run in its own venv (`make bench-vprtempo`; same "
+                        f"JSON layout per method); default: {VPRTEMPO_JSON} when present")
     p.add_argument("--threads", type=int, default=1, help="torch threads for timing (default 1)")
     p.add_argument("--model-card", default=None, metavar="MD",
                    help="also write a model card for the vl2spike weights here")
@@ -48,6 +52,33 @@ def _targets(methods: dict) -> dict:
     return out
 
 
+def load_vprtempo(path: str | Path | None, seq_len: int,
+                  n_places: int) -> tuple[dict, dict | None]:
+    """VPRTempo result (run in its own venv) -> (method result, PR curves or None).
+
+    ``path=None`` uses :data:`VPRTEMPO_JSON` when present, else a ``skipped`` entry. An explicit
+    path that is missing raises ``FileNotFoundError``; bad JSON or layout raises ``ValueError``.
+    """
+    import json
+
+    from vl2spike_ros.vpr.nordland_bench import precomputed_result
+
+    if path is None and not VPRTEMPO_JSON.is_file():
+        why = (f"not run: VPRTempo needs its own venv and CPU training; run `make "
+               f"bench-vprtempo` (writes {VPRTEMPO_JSON}) or pass --vprtempo-json")
+        return {"skipped": why}, None
+    p = Path(path) if path is not None else VPRTEMPO_JSON
+    if not p.is_file():
+        raise FileNotFoundError(f"VPRTempo results {p} not found (run `make bench-vprtempo`)")
+    try:
+        obj = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p}: not valid JSON ({e})") from None
+    res, curves = precomputed_result(obj, str(p), seq_len=seq_len, n_places=n_places)
+    res.setdefault("source", str(p))
+    return res, curves
+
+
 def _train(ns, root, wdir: Path) -> dict:
     """Retrain teacher, direct and distilled students with the shipped recipes (resumable)."""
     from vl2spike_ros.cli.cmd_vpr import main_train
@@ -63,10 +94,14 @@ def _methods(ns, wdir: Path):
     yield "sad", baseline_method("sad"), None, None
     yield "hog", baseline_method("hog"), None, None
     paths = {"teacher": wdir / TEACHER, "spikformer": wdir / DIRECT,
-             "vl2spike": Path(ns.vl2spike_weights) if ns.vl2spike_weights else default_vpr_weights(),
-             "vl2spike_scratch": wdir / SCRATCH}
+             "spikformer_continued": wdir / CONTINUED,
+             "vl2spike": Path(ns.vl2spike_weights) if ns.vl2spike_weights else wdir / DISTILLED}
+    if default_vpr_weights().is_file() and all(
+            not p.is_file() or p.read_bytes() != default_vpr_weights().read_bytes()
+            for p in paths.values()):
+        paths["default"] = default_vpr_weights()   # packaged weights not among the rows above
     for name, p in paths.items():
-        if name == "vl2spike_scratch" and not p.is_file():
+        if name == "spikformer_continued" and not p.is_file():
             continue
         if not p.is_file():
             yield name, None, f"weights {p} not found (run with --train)", None
@@ -98,6 +133,7 @@ def _handler(ns) -> int:
         res["train_seconds"] = _train(ns, root, wdir)
     seasons = {s: load_nordland(root, s, "test")[0] for s in ("summer", "winter")}
     res["protocol"]["n_places"] = int(len(seasons["summer"]))
+    vt = load_vprtempo(ns.vprtempo_json, ns.seq_len, len(seasons["summer"]))  # fail before work
     curves = {}
     for name, method, skipped, model_info in _methods(ns, wdir):
         if method is None:
@@ -114,11 +150,9 @@ def _handler(ns) -> int:
         curves[name] = c
         print(f"{name}: R@1 tol1 S->W {r['summer_to_winter']['tol1']['r1']:.1f}% "
               f"W->S {r['winter_to_summer']['tol1']['r1']:.1f}%, {r['queries_per_s']:.0f} q/s")
-    if ns.vprtempo_json:
-        res["methods"]["vprtempo"] = json.loads(Path(ns.vprtempo_json).read_text())
-    else:
-        res["methods"]["vprtempo"] = {"skipped": "not run: VPRTempo needs its own venv and "
-                                      "~20 min CPU training; pass --vprtempo-json with its results"}
+    res["methods"]["vprtempo"], c = vt
+    if c is not None:
+        curves["vprtempo"] = c
     res["targets"] = _targets(res["methods"])
     out = Path(ns.json)
     write_json_atomic(out, res)
@@ -127,8 +161,9 @@ def _handler(ns) -> int:
                        ("# Nordland VPR benchmark (held-out 40 %)\n\nRecall in percent.\n\n" + md
                         + "\n```json\n" + json.dumps(res["targets"], indent=2) + "\n```\n").encode())
     plot_curves(curves, Path(ns.plot) if ns.plot else out.with_name(out.stem + "_pr.png"))
-    if ns.model_card and "vl2spike" in curves:
+    if ns.model_card:
+        from vl2spike_ros.models import default_vpr_weights
         from vl2spike_ros.vpr.model_card import write_model_card
-        write_model_card(ns.model_card, res)
+        write_model_card(ns.model_card, res, default_vpr_weights())
     print(md)
     return 0

@@ -1,6 +1,8 @@
-"""``vl2spike vpr train``: train the Nordland VPR models (ANN teacher, Spikformer direct,
-Spikformer distilled = the packaged default weights: warm-started from the direct student,
-then InfoNCE + SVS terms from the teacher). Resumes from checkpoints."""
+"""``vl2spike vpr train``: train the Nordland VPR models: ANN teacher, Spikformer direct,
+Spikformer distilled (warm-started from the direct student, then InfoNCE + SVS terms from the
+teacher) and the equal-budget control (the direct student continued for the same epochs
+without a teacher). ``all`` then copies whichever of distilled / control scores better on the
+validation places to the packaged default weights. Resumes from checkpoints."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,10 +14,11 @@ def register(subparsers) -> None:
     sub.required = True
     t = sub.add_parser("train", help="train teacher / direct / distilled (default: all three)")
     t.add_argument("what", nargs="?", default="all",
-                   choices=["all", "teacher", "direct", "distilled"])
+                   choices=["all", "teacher", "direct", "distilled", "control"])
     t.add_argument("--data-root", default=None, help="folder holding nordland/")
     t.add_argument("--weights-dir", default="bench/weights", help="teacher + direct weights")
-    t.add_argument("--out", default=None, help="distilled weights (default: packaged default)")
+    t.add_argument("--out", default=None,
+                   help="where `all` puts the selected default (default: packaged default)")
     t.add_argument("--teacher", default=None, help="teacher weights (default: weights-dir)")
     t.add_argument("--ckpt-dir", default="bench/weights/ckpt")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -33,6 +36,9 @@ def _train(ns) -> int:
     root = nordland_root(Path(ns.data_root) / "nordland" if ns.data_root else None)
     out = main_train(root, Path(ns.weights_dir), ns.out, ns.teacher, ns.ckpt_dir, ns.what)
     for k, v in out.items():
+        if k == "default":
+            print(f"default weights: {v['chosen']} (validation R@1 {v['val_r1']})")
+            continue
         last = v["history"][-1] if v["history"] else {}
         print(f"{k}: {v['train_seconds']:.0f} s, last epoch {last}")
     if ns.json:
@@ -45,20 +51,29 @@ def main_train(root: Path, wdir: Path, out_path: str | None, teacher_path: str |
     """Train the requested models with the shipped recipes; returns their training summaries."""
     from vl2spike_ros.models import default_vpr_weights
     from vl2spike_ros.vpr.recipes import (DIRECT_CFG, DISTILL_CFG, TEACHER_CFG, distill_svs,
-                                          train_student, train_teacher_cnn)
+                                          select_default, train_student, train_teacher_cnn)
 
     teacher = Path(teacher_path) if teacher_path else wdir / "vpr_teacher_cnn.safetensors"
     direct = wdir / "vpr_spikformer_direct.safetensors"
+    control = wdir / "vpr_spikformer_direct_continued.safetensors"
+    distilled = wdir / "vpr_spikformer_distilled.safetensors"
     out = {}
     if what in ("all", "teacher"):
         out["teacher"] = train_teacher_cnn(root, teacher, TEACHER_CFG, ckpt_dir)
     if what in ("all", "direct"):
         out["spikformer"] = train_student(root, direct, DIRECT_CFG, ckpt_dir)
+    needs = {"distilled": ((teacher, "teacher"), (direct, "direct")),
+             "control": ((direct, "direct"),)}
+    for need, step in needs.get(what, ()):
+        if not need.is_file():
+            raise FileNotFoundError(f"{need} missing: train it first (vl2spike vpr train {step})")
+    if what in ("all", "control"):
+        out["spikformer_continued"] = train_student(root, control, DISTILL_CFG, ckpt_dir,
+                                                    init_from=direct, name="spikformer_continued")
     if what in ("all", "distilled"):
-        for need, step in ((teacher, "teacher"), (direct, "direct")):
-            if not need.is_file():
-                raise FileNotFoundError(f"{need} missing: train it first (vl2spike vpr train {step})")
-        out["vl2spike"] = train_student(root, Path(out_path) if out_path else default_vpr_weights(),
-                                        DISTILL_CFG, ckpt_dir, teacher_path=teacher,
-                                        init_from=direct, svs=distill_svs())
+        out["vl2spike"] = train_student(root, distilled, DISTILL_CFG, ckpt_dir,
+                                        teacher_path=teacher, init_from=direct, svs=distill_svs())
+    if what == "all":
+        out["default"] = select_default({"spikformer_continued": control, "vl2spike": distilled},
+                                        Path(out_path) if out_path else default_vpr_weights())
     return out

@@ -86,4 +86,5 @@ def load_cnn(path: str | Path) -> PlaceCNN:
         model.load_state_dict(load_file(str(path)))
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not fit config {cfg}: {exc}") from exc
+    model.vpr_input_norm = info.get("meta", {}).get("vpr", {}).get("input_norm", "image")
     return model.eval()

@@ -2,8 +2,11 @@
 
 Preprocessing (shared by training, eval, replay and the ROS node): resize with
 ``cv2.INTER_AREA`` to the model's input (H, W), convert to grey or RGB as the model needs,
-scale to [0, 1], then per-image standardisation (zero mean, unit std) for illumination
-invariance.
+scale to [0, 1], then standardisation for illumination invariance: per image (``"image"``, zero
+mean and unit std) or per ``p x p`` patch (``"patch<p>"``, e.g. ``"patch8"``: SeqSLAM-style local
+contrast normalisation, robust to season and lighting changes). The normalisation a model was
+trained with is part of its weights metadata (``metadata.vpr.input_norm``) and is read by
+:func:`input_norm`.
 """
 from __future__ import annotations
 
@@ -16,7 +19,37 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def prepare_image(image: np.ndarray, img_size: tuple[int, int], in_chans: int) -> np.ndarray:
+IMAGE_NORM = "image"
+
+
+def _patch_of(norm: str) -> int:
+    """0 for ``"image"``, p for ``"patch<p>"``; ValueError otherwise."""
+    if norm == IMAGE_NORM:
+        return 0
+    if norm.startswith("patch") and norm[5:].isdigit() and int(norm[5:]) > 1:
+        return int(norm[5:])
+    raise ValueError(f"unknown input normalisation {norm!r} (expected 'image' or 'patch<p>', "
+                     "e.g. 'patch8')")
+
+
+def normalise(x: np.ndarray, norm: str = IMAGE_NORM) -> np.ndarray:
+    """Standardise float ``[C, h, w]`` in place per image or per ``p x p`` patch; returns it."""
+    p = _patch_of(norm)
+    if p == 0:
+        x -= x.mean()
+        x /= x.std() + 1e-3
+        return x
+    c, h, w = x.shape
+    if h % p or w % p:
+        raise ValueError(f"input {h}x{w} is not divisible by the normalisation patch {p}")
+    b = x.reshape(c, h // p, p, w // p, p)
+    b -= b.mean(axis=(2, 4), keepdims=True)
+    b /= b.std(axis=(2, 4), keepdims=True) + 1e-2
+    return x
+
+
+def prepare_image(image: np.ndarray, img_size: tuple[int, int], in_chans: int,
+                  norm: str = IMAGE_NORM) -> np.ndarray:
     """One ``uint8`` image ``[H, W]`` / ``[H, W, C]`` (RGB) -> float32 ``[C, h, w]``."""
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
         raise ValueError(f"expected an image [H, W] or [H, W, 1|3|4], got shape {image.shape}")
@@ -36,21 +69,27 @@ def prepare_image(image: np.ndarray, img_size: tuple[int, int], in_chans: int) -
             image = np.repeat(image[:, :, None], 3, axis=2)
         x = image.transpose(2, 0, 1).astype(np.float32)
     x *= 1.0 / 255.0
-    x -= x.mean()
-    x /= x.std() + 1e-3
-    return x
+    return normalise(x, norm)
 
 
-def preprocess(images: np.ndarray, img_size: tuple[int, int], in_chans: int) -> torch.Tensor:
+def preprocess(images: np.ndarray, img_size: tuple[int, int], in_chans: int,
+               norm: str = IMAGE_NORM) -> torch.Tensor:
     """``uint8`` ``[N, H, W]`` or ``[N, H, W, C]`` -> float32 tensor ``[N, in_chans, h, w]``."""
     images = np.asarray(images)
     if images.ndim not in (3, 4):
         raise ValueError(f"expected images [N, H, W] or [N, H, W, C], got shape {images.shape}")
-    return torch.from_numpy(np.stack([prepare_image(im, img_size, in_chans) for im in images]))
+    _patch_of(norm)
+    return torch.from_numpy(np.stack([prepare_image(im, img_size, in_chans, norm)
+                                      for im in images]))
 
 
 SPATIAL = "spatial"
 POOLED = "pooled"
+
+
+def input_norm(model) -> str:
+    """The input normalisation ``model`` was trained with (``"image"`` unless set)."""
+    return getattr(model, "vpr_input_norm", IMAGE_NORM)
 
 
 def descriptor_mode(model) -> str:
@@ -100,7 +139,7 @@ def extract_descriptors(model, images: np.ndarray, batch_size: int = 128,
     model.eval()
     out = []
     for s in range(0, len(images), batch_size):
-        x = preprocess(images[s:s + batch_size], img_size, in_chans).to(device)
+        x = preprocess(images[s:s + batch_size], img_size, in_chans, input_norm(model)).to(device)
         out.append(place_descriptor(model, x).cpu().numpy())
     if not out:
         raise ValueError("no images to describe")

@@ -16,10 +16,22 @@ def _commit() -> str:
         return "unknown"
 
 
-def write_model_card(path: str | Path, bench: dict) -> None:
-    """Write the card for ``bench['methods']['vl2spike']`` (weights JSON read next to them)."""
-    v = bench["methods"]["vl2spike"]
-    wpath = Path(v["weights"])
+def method_of(bench: dict, weights: str | Path) -> str:
+    """Name of the benchmarked method whose weights file is byte-identical to ``weights``."""
+    from vl2spike_ros.vpr.pipeline import _file_hash
+
+    h = _file_hash(Path(weights))
+    for name, m in bench["methods"].items():
+        if m.get("model", {}).get("weights_hash") == h:
+            return name
+    raise ValueError(f"{weights} is not among the benchmarked weights")
+
+
+def write_model_card(path: str | Path, bench: dict, weights: str | Path) -> None:
+    """Write the card for the default ``weights`` from their JSON and the bench results."""
+    row = method_of(bench, weights)
+    v = bench["methods"][row]
+    wpath = Path(weights)
     meta = json.loads(wpath.with_suffix(".json").read_text())
     info = meta.get("metadata", {})
     cfg = meta["config"]
@@ -33,7 +45,10 @@ def write_model_card(path: str | Path, bench: dict) -> None:
                     f"{m['winter_to_summer']['tol1']['r1']:.1f} | {m['queries_per_s']:.0f} | "
                     + (f"{m['energy_mj_per_query']:.4f}" if m.get("energy_mj_per_query") else "n/a")
                     + " |")
-    text = f"""# vpr_default: Spikformer place-recognition weights (VL2Spike distilled)
+    sel = info.get("selected_as_default", {})
+    text = f"""# vpr_default: Spikformer place-recognition weights (`{info.get('name')}`)
+
+- Selected as the default: {sel or 'n/a'} (held-out row: `{row}`)
 
 - File: `{wpath.name}` ({wpath.stat().st_size / 1e6:.2f} MB), sha256[:16] `{meta.get('weights_sha256_16')}`
 - Architecture: `{cfg['name']}` (Spikformer, spikingjelly 2.0.0 LIF), input {cfg['in_chans']}x{cfg['img_size'][0]}x{cfg['img_size'][1]} grey,
@@ -41,16 +56,17 @@ def write_model_card(path: str | Path, bench: dict) -> None:
 - Place descriptor: `{info.get('vpr', {}).get('descriptor', 'pooled')}` = spike-rate tokens on the
   {cfg['img_size'][0] // cfg['patch_size']}x{cfg['img_size'][1] // cfg['patch_size']} grid, each through the model's descriptor head
   ({cfg['descriptor_dim']}-d, L2-normalised), flattened: {v['descriptor_dim']}-d, cosine / inner-product matching.
-- Preprocessing: INTER_AREA resize to 64x32, grey, per-image zero mean / unit std
-  (`vl2spike_ros.vpr.descriptors.prepare_image`).
+- Preprocessing: INTER_AREA resize to 64x32, grey, standardisation
+  `{info.get('vpr', {}).get('input_norm', 'image')}` (`vl2spike_ros.vpr.descriptors.prepare_image`).
 - Data: {info.get('data', {})}
 - Loss: {info.get('loss')}
 - Teacher: {info.get('teacher')}
 - Warm start: {info.get('init_from', 'none (random init)')}; SVS weights: {info.get('svs_weights')}
 - Training config: {info.get('train_config')}; {info.get('train_seconds')} s on a shared 2-core CPU
   (1 torch thread, niced). Last epoch: {hist[-1] if hist else 'n/a'}
-- Rebuild from scratch: `vl2spike vpr train all` (teacher, direct student, distilled student;
-  resumes from `bench/weights/ckpt/`), then `make bench-vpr`.
+- Rebuild from scratch: `make weights` (= `vl2spike vpr train all`: teacher, direct student,
+  equal-budget control, distilled student, default chosen on validation places; resumes from
+  `bench/weights/ckpt/`; then the benchmark and this card).
 - Code commit at evaluation: {_commit()}
 
 ## Held-out results (Nordland, last 40 % of places, R@1 % at +-1 frame)

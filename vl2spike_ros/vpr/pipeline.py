@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vl2spike_ros.vpr.descriptors import (descriptor_dim, extract_descriptors, place_descriptor,
-                                          prepare_image)
+from vl2spike_ros.vpr.descriptors import (descriptor_dim, extract_descriptors, input_norm,
+                                          place_descriptor, prepare_image)
 from vl2spike_ros.vpr.matching import SequenceMatcher, topk
 from vl2spike_ros.vpr.placemap import PlaceMap, check_model_meta
 
@@ -56,9 +56,12 @@ def load_vpr_model(weights: str | Path | None = None, device: str = "cpu"):
         model = load_cnn(path)
     else:
         from vl2spike_ros.models import read_model_meta
+        from vl2spike_ros.vpr.descriptors import IMAGE_NORM, normalise
         model = load_model(path, map_location=device)
         vpr = read_model_meta(path).get("metadata", {}).get("vpr", {})
         model.vpr_descriptor = vpr.get("descriptor", "pooled")
+        model.vpr_input_norm = vpr.get("input_norm", IMAGE_NORM)
+        normalise(np.zeros((1, *model.config.img_size), np.float32), model.vpr_input_norm)
     model = model.to(device).eval()
     cfg = model.config
     meta = {"variant": cfg.name, "weights_hash": _file_hash(path),
@@ -126,6 +129,7 @@ class VPRPipeline:
         self.device, self.top_k, self.threshold = device, top_k, float(threshold)
         self.img_size = tuple(self.model.config.img_size)
         self.in_chans = int(self.model.config.in_chans)
+        self.norm = input_norm(self.model)
         self.map = PlaceMap.load(map_dir, expect_model_meta=self.model_meta) if map_dir else None
         self.seq = SequenceMatcher(seq_len) if seq_len > 1 else None
         self.is_spiking = hasattr(self.model, "lif_nodes")
@@ -147,7 +151,7 @@ class VPRPipeline:
     @torch.inference_mode()
     def describe(self, image: np.ndarray) -> np.ndarray:
         """One image ``[H,W(,C)]`` uint8 -> descriptor ``[1, D]`` float32."""
-        x = torch.from_numpy(prepare_image(image, self.img_size, self.in_chans))[None]
+        x = torch.from_numpy(prepare_image(image, self.img_size, self.in_chans, self.norm))[None]
         return place_descriptor(self.model, x.to(self.device)).cpu().numpy()
 
     def _search(self, desc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -179,7 +183,7 @@ class VPRPipeline:
     def _calibrate_energy(self, image: np.ndarray) -> dict:
         """Profile one frame (outside the timed path): constant MAC energy + SOPs per spike."""
         from vl2spike_ros import energy as en
-        x = torch.from_numpy(prepare_image(image, self.img_size, self.in_chans))[None]
+        x = torch.from_numpy(prepare_image(image, self.img_size, self.in_chans, self.norm))[None]
         if not self.is_spiking:
             rep = en.teacher_energy(self.model.descriptor, x)
             return {"mac_mj": rep["energy_mj"], "sop_per_spike": 0.0}

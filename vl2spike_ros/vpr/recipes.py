@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from vl2spike_ros.vpr.datasets import load_nordland
-from vl2spike_ros.vpr.descriptors import place_descriptor, preprocess
+from vl2spike_ros.vpr.descriptors import input_norm, place_descriptor, preprocess
 from vl2spike_ros.vpr.evaluation import evaluate_aligned
 from vl2spike_ros.vpr.train import TrainConfig, train_descriptor
 
@@ -21,11 +21,12 @@ log = logging.getLogger(__name__)
 
 
 def nordland_tensors(root: str | Path, split: str = "train", train_frac: float = 0.6,
-                     img_size=(32, 64), in_chans: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                     img_size=(32, 64), in_chans: int = 1,
+                     norm: str = "image") -> tuple[torch.Tensor, torch.Tensor]:
     """Preprocessed summer and winter tensors ``[N, C, H, W]`` of one split."""
     s, _ = load_nordland(root, "summer", split, train_frac)
     w, _ = load_nordland(root, "winter", split, train_frac)
-    return preprocess(s, img_size, in_chans), preprocess(w, img_size, in_chans)
+    return preprocess(s, img_size, in_chans, norm), preprocess(w, img_size, in_chans, norm)
 
 
 def split_val(a: torch.Tensor, b: torch.Tensor, val_frac: float):
@@ -57,7 +58,7 @@ def train_on_nordland(model, root, out_ckpt: Path, cfg: TrainConfig, loss_fn=Non
                       train_frac: float = 0.6, val_frac: float = 0.1) -> list[dict]:
     """Train ``model`` (``.config.img_size/in_chans``) contrastively on the Nordland train split."""
     a, b = nordland_tensors(root, "train", train_frac, tuple(model.config.img_size),
-                            int(model.config.in_chans))
+                            int(model.config.in_chans), input_norm(model))
     ta, tb, va, vb = split_val(a, b, val_frac)
     log.info("training on %d places, validating on %d", len(ta), len(va))
     return train_descriptor(model, ta, tb, cfg, ckpt=out_ckpt, loss_fn=loss_fn,
@@ -67,7 +68,7 @@ def train_on_nordland(model, root, out_ckpt: Path, cfg: TrainConfig, loss_fn=Non
 def train_spikformer(root, out_ckpt: Path, cfg: TrainConfig, variant: str = "spikformer_vpr",
                      teacher=None, svs=None, train_frac: float = 0.6, val_frac: float = 0.1,
                      descriptor: str = "spatial", init_from: str | Path | None = None,
-                     **overrides):
+                     norm: str = "image", **overrides):
     """Spikformer student trained with InfoNCE (+ SVS distillation from ``teacher``).
 
     Returns (model, history). The SVS projector is part of the loss and is not saved with the
@@ -78,6 +79,7 @@ def train_spikformer(root, out_ckpt: Path, cfg: TrainConfig, variant: str = "spi
 
     model = create_model(variant, **overrides)
     model.vpr_descriptor = descriptor
+    model.vpr_input_norm = norm
     if init_from is not None:  # warm start (e.g. distil on top of the directly trained student)
         from vl2spike_ros.models import load_model
         model.load_state_dict(load_model(init_from, expected=model.config).state_dict())
@@ -98,6 +100,7 @@ class _WithLoss(torch.nn.Module):
         super().__init__()
         self.model, self.loss = model, loss
         self.config = model.config
+        self.vpr_input_norm = input_norm(model)
 
     def descriptor(self, x):
         return place_descriptor(self.model, x)
@@ -107,7 +110,8 @@ class _WithLoss(torch.nn.Module):
 
 
 def train_teacher_cnn(root, out: str | Path, cfg: TrainConfig, ckpt_dir: str | Path,
-                      train_frac: float = 0.6, val_frac: float = 0.1) -> dict:
+                      train_frac: float = 0.6, val_frac: float = 0.1,
+                      norm: str = "image") -> dict:
     """Train the ANN (CNN) teacher and save it (safetensors + json). Returns a summary."""
     import time
 
@@ -117,9 +121,11 @@ def train_teacher_cnn(root, out: str | Path, cfg: TrainConfig, ckpt_dir: str | P
     seed_everything(cfg.seed)
     t0 = time.time()
     model = PlaceCNN(CNNConfig())
+    model.vpr_input_norm = norm
     hist = train_on_nordland(model, root, Path(ckpt_dir) / "teacher_cnn.ckpt", cfg,
                              train_frac=train_frac, val_frac=val_frac)
     info = _train_info("teacher_cnn", cfg, hist, time.time() - t0, train_frac, val_frac)
+    info["vpr"] = {"input_norm": norm}
     save_cnn(model.eval(), out, info)
     return info
 
@@ -128,8 +134,13 @@ def train_student(root, out: str | Path, cfg: TrainConfig, ckpt_dir: str | Path,
                   teacher_path: str | Path | None = None, variant: str = "spikformer_vpr",
                   train_frac: float = 0.6, val_frac: float = 0.1,
                   descriptor: str = "spatial", token_dim: int = 8,
-                  init_from: str | Path | None = None, svs=None) -> dict:
-    """Train the Spikformer directly (no teacher) or distilled (SVS from the CNN teacher)."""
+                  init_from: str | Path | None = None, svs=None, norm: str = "image",
+                  name: str | None = None) -> dict:
+    """Train the Spikformer directly (no teacher) or distilled (SVS from the CNN teacher).
+
+    ``name`` (default ``spikformer_direct`` / ``spikformer_distilled``) names the checkpoint
+    and the run in the weights metadata.
+    """
     import time
 
     from vl2spike_ros.models import save_model
@@ -138,14 +149,15 @@ def train_student(root, out: str | Path, cfg: TrainConfig, ckpt_dir: str | Path,
 
     seed_everything(cfg.seed)
     teacher = load_cnn(teacher_path) if teacher_path else None
-    name = "spikformer_distilled" if teacher is not None else "spikformer_direct"
+    name = name or ("spikformer_distilled" if teacher is not None else "spikformer_direct")
     t0 = time.time()
     over = {"descriptor_dim": token_dim} if descriptor == "spatial" else {}
     model, hist = train_spikformer(root, Path(ckpt_dir) / f"{name}.ckpt", cfg, variant, teacher,
                                    train_frac=train_frac, val_frac=val_frac,
-                                   descriptor=descriptor, init_from=init_from, svs=svs, **over)
+                                   descriptor=descriptor, init_from=init_from, svs=svs,
+                                   norm=norm, **over)
     info = _train_info(name, cfg, hist, time.time() - t0, train_frac, val_frac)
-    info["vpr"] = {"descriptor": descriptor}
+    info["vpr"] = {"descriptor": descriptor, "input_norm": norm}
     if init_from is not None:
         info["init_from"] = str(init_from)
     if svs is not None:
@@ -168,16 +180,49 @@ def _train_info(name, cfg, hist, seconds, train_frac, val_frac) -> dict:
                      "held_out": f"last {1 - train_frac:.0%} of places, never used in training"},
             "loss": "InfoNCE (positives: same place other season +-pos_tolerance)"
                     + (" + SVS (per-token and global alignment, relational KL, warm-started temporal)"
-                       if name == "spikformer_distilled" else "")}
+                       if "distilled" in name else "")}
 
 
 # The settings the shipped weights were trained with (see vl2spike_ros/assets/vpr_default.md).
 TEACHER_CFG = TrainConfig(epochs=15)          # shipped teacher: snapshot after epoch 10 of 15
 DIRECT_CFG = TrainConfig(epochs=6, lr=3e-3)
-DISTILL_CFG = TrainConfig(epochs=3, lr=1e-3, seed=1)   # warm start from the direct student
+DISTILL_CFG = TrainConfig(epochs=12, lr=1e-3, seed=1)  # warm start from the direct student
 
 
 def distill_svs():
-    """SVS weights of the shipped distilled student."""
+    """SVS weights of the distilled student (chosen on the validation places among three
+    settings: rel 0.1 / temporal 0.5, rel 1 / temporal 0.1, relational only)."""
     from vl2spike_ros.vpr.distill_vpr import SVSWeights
-    return SVSWeights(tok=0.5, cos=0.0, rel=0.1, temporal=0.5, warmup_steps=10, ramp_steps=20)
+    return SVSWeights(tok=0.5, cos=0.0, rel=1.0, temporal=0.1, warmup_steps=10, ramp_steps=20)
+
+
+def last_val_r1(weights: str | Path) -> float:
+    """Mean of the last epoch's validation R@1 (both directions) recorded in a weights JSON."""
+    import json
+    info = json.loads(Path(weights).with_suffix(".json").read_text())
+    hist = (info.get("metadata") or info.get("meta") or {}).get("history") or [{}]
+    last = hist[-1]
+    if "val_r1_s2w" not in last:
+        raise ValueError(f"{weights}: no validation recall in its training history")
+    return 0.5 * (last["val_r1_s2w"] + last["val_r1_w2s"])
+
+
+def select_default(candidates: dict[str, Path], dest: str | Path) -> dict:
+    """Copy the candidate with the best validation R@1 (never the held-out segment) to ``dest``
+    (``.safetensors`` + ``.json``, atomically); the choice is recorded in the JSON metadata."""
+    import json
+
+    from vl2spike_ros.atomic import atomic_path, write_json_atomic
+
+    scores = {k: last_val_r1(p) for k, p in candidates.items()}
+    best = max(scores, key=scores.get)
+    src, dest = Path(candidates[best]), Path(dest)
+    info = json.loads(src.with_suffix(".json").read_text())
+    info.setdefault("metadata", {})["selected_as_default"] = {
+        "chosen": best, "source": src.name, "rule": "best mean validation R@1 (last epoch)",
+        "val_r1": scores}
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(src.read_bytes())
+    write_json_atomic(dest.with_suffix(".json"), info)
+    log.info("default VPR weights: %s (validation R@1 %s)", best, scores)
+    return {"chosen": best, "val_r1": scores}
