@@ -111,3 +111,16 @@ def test_input_norm_travels_with_the_weights(tmp_path):
     bad = save_model(m.eval(), tmp_path / "b.safetensors", {"vpr": {"input_norm": "zscore"}})
     with pytest.raises(ValueError, match="zscore"):
         load_vpr_model(bad)
+
+
+def test_relational_within_view_ignores_cross_view_pairs():
+    from vl2spike_ros.distill.losses import relational_kl
+
+    g = torch.Generator().manual_seed(3)
+    z, t = torch.randn(8, 5, generator=g), torch.randn(8, 6, generator=g)
+    whole = _loss(_teacher(), rel_within_view=False)._relational(z, t)
+    within = _loss(_teacher(), rel_within_view=True)._relational(z, t)
+    assert torch.allclose(whole, relational_kl(z, t, 0.1))
+    assert torch.allclose(within, 0.5 * (relational_kl(z[:4], t[:4], 0.1)
+                                         + relational_kl(z[4:], t[4:], 0.1)))
+    assert not torch.allclose(whole, within)

@@ -43,6 +43,7 @@ class SVSWeights:
     temporal: float = 0.5
     warmup_steps: int = 60
     ramp_steps: int = 60
+    rel_within_view: bool = False  # relational term inside each view (anchors, positives) only
 
 
 class SpikeVPRLoss(nn.Module):
@@ -91,6 +92,15 @@ class SpikeVPRLoss(nn.Module):
         out["total"] = sum(out.values())  # every entry is an already weighted term
         return out
 
+    def _relational(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Relational KL over the whole ``[2B, D]`` batch, or inside each half (``[B, D]``
+        anchors, ``[B, D]`` positives) so the same-place pair across views is left to InfoNCE."""
+        tau = self.w.rel_temperature
+        if not self.w.rel_within_view:
+            return relational_kl(z, t, tau)
+        b = len(z) // 2
+        return 0.5 * (relational_kl(z[:b], t[:b], tau) + relational_kl(z[b:], t[b:], tau))
+
     def _svs(self, model, x, tokens, z, cap) -> dict[str, torch.Tensor]:
         """Weighted SVS terms (keys ``svs_*``) of one batch."""
         with torch.no_grad():
@@ -102,7 +112,7 @@ class SpikeVPRLoss(nn.Module):
             st = F.normalize(self.proj_tok(tokens.mean(0)), dim=-1)       # [B, N, C]
             tok = (1 - (st * F.normalize(tmap, dim=-1)).sum(-1)).mean()
             out["svs_tok"] = self.w.tok * tok
-        out["svs_rel"] = self.w.rel * relational_kl(z, t, self.w.rel_temperature)
+        out["svs_rel"] = self.w.rel * self._relational(z, t)
         temp = self.temporal(cap.step_features, cap.v_seq, cap.step_spike_rates, float(self.steps))
         out.update({k: v for k, v in temp.items() if k != "total"})
         return out
