@@ -124,3 +124,19 @@ def test_relational_within_view_ignores_cross_view_pairs():
     assert torch.allclose(within, 0.5 * (relational_kl(z[:4], t[:4], 0.1)
                                          + relational_kl(z[4:], t[4:], 0.1)))
     assert not torch.allclose(whole, within)
+
+
+def test_unknown_or_misfitting_norm_in_cnn_weights_is_refused(tmp_path):
+    save_cnn(_teacher().eval(), tmp_path / "t.safetensors", {"vpr": {"input_norm": "patch7"}})
+    with pytest.raises(ValueError, match="patch 7"):
+        load_cnn(tmp_path / "t.safetensors")
+
+
+def test_student_and_teacher_must_share_the_input_norm(tmp_path):
+    from vl2spike_ros.vpr.recipes import train_student
+    from vl2spike_ros.vpr.train import TrainConfig
+
+    save_cnn(_teacher().eval(), tmp_path / "t.safetensors", {"vpr": {"input_norm": "patch8"}})
+    with pytest.raises(ValueError, match="one norm"):
+        train_student(tmp_path, tmp_path / "s.safetensors", TrainConfig(epochs=1), tmp_path,
+                      teacher_path=tmp_path / "t.safetensors", norm="image")

@@ -86,5 +86,7 @@ def load_cnn(path: str | Path) -> PlaceCNN:
         model.load_state_dict(load_file(str(path)))
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not fit config {cfg}: {exc}") from exc
-    model.vpr_input_norm = info.get("meta", {}).get("vpr", {}).get("input_norm", "image")
+    from vl2spike_ros.vpr.descriptors import check_norm
+    model.vpr_input_norm = check_norm(info.get("meta", {}).get("vpr", {}).get("input_norm", "image"),
+                                      cfg.img_size)
     return model.eval()

@@ -32,6 +32,15 @@ def _patch_of(norm: str) -> int:
                      "e.g. 'patch8')")
 
 
+def check_norm(norm: str, img_size: tuple[int, int]) -> str:
+    """``norm`` if it is a known normalisation that fits ``img_size`` (H, W); ValueError if not."""
+    p = _patch_of(norm)
+    if p and (img_size[0] % p or img_size[1] % p):
+        raise ValueError(f"input {img_size[0]}x{img_size[1]} is not divisible by the "
+                         f"normalisation patch {p}")
+    return norm
+
+
 def normalise(x: np.ndarray, norm: str = IMAGE_NORM) -> np.ndarray:
     """Standardise float ``[C, h, w]`` in place per image or per ``p x p`` patch; returns it."""
     p = _patch_of(norm)

@@ -56,12 +56,11 @@ def load_vpr_model(weights: str | Path | None = None, device: str = "cpu"):
         model = load_cnn(path)
     else:
         from vl2spike_ros.models import read_model_meta
-        from vl2spike_ros.vpr.descriptors import IMAGE_NORM, normalise
+        from vl2spike_ros.vpr.descriptors import IMAGE_NORM, check_norm
         model = load_model(path, map_location=device)
         vpr = read_model_meta(path).get("metadata", {}).get("vpr", {})
         model.vpr_descriptor = vpr.get("descriptor", "pooled")
-        model.vpr_input_norm = vpr.get("input_norm", IMAGE_NORM)
-        normalise(np.zeros((1, *model.config.img_size), np.float32), model.vpr_input_norm)
+        model.vpr_input_norm = check_norm(vpr.get("input_norm", IMAGE_NORM), model.config.img_size)
     model = model.to(device).eval()
     cfg = model.config
     meta = {"variant": cfg.name, "weights_hash": _file_hash(path),

@@ -149,6 +149,9 @@ def train_student(root, out: str | Path, cfg: TrainConfig, ckpt_dir: str | Path,
 
     seed_everything(cfg.seed)
     teacher = load_cnn(teacher_path) if teacher_path else None
+    if teacher is not None and teacher.vpr_input_norm != norm:
+        raise ValueError(f"teacher {teacher_path} was trained on {teacher.vpr_input_norm!r} "
+                         f"inputs, the student would get {norm!r}: train both with one norm")
     name = name or ("spikformer_distilled" if teacher is not None else "spikformer_direct")
     t0 = time.time()
     over = {"descriptor_dim": token_dim} if descriptor == "spatial" else {}
