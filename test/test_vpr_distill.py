@@ -49,9 +49,19 @@ def test_svs_terms_named_weighted_and_summed():
     assert torch.allclose(out["total"], parts)
     assert all(torch.isfinite(v) for v in out.values())
     assert out["svs_tok"] > 0 and out["svs_cos"] > 0
-    off = _loss(_teacher(), tok=0.0, cos=0.0, rel=0.0, temporal=0.0)(_student(), *_batch())
-    for k in ("svs_cos", "svs_tok", "svs_rel", "svs_temp_feat"):
-        assert off[k].item() == 0.0
+    off_loss = _loss(_teacher(), tok=0.0, cos=0.0, rel=0.0, temporal=0.0)
+    off = off_loss(_student(), *_batch())
+    assert set(off) == {"nce", "total"}            # switched-off terms are not computed
+    assert not any(hasattr(off_loss, m) for m in ("align", "proj_tok", "temporal"))
+    rel_only = _loss(_teacher(), tok=0.0, cos=0.0, temporal=0.0)(_student(), *_batch())
+    assert set(rel_only) == {"nce", "svs_rel", "total"}
+
+
+def test_teacher_descriptor_and_map_in_one_pass_match_the_separate_calls():
+    t = _teacher().eval()
+    x = _batch()[0]
+    d, m = t.descriptor_and_map(x)
+    assert torch.allclose(d, t.descriptor(x)) and torch.allclose(m, t.feature_map(x))
 
 
 def test_teacher_frozen_gradients_reach_student_and_projectors():

@@ -61,6 +61,12 @@ class PlaceCNN(nn.Module):
         """``[B, C, H, W]`` -> L2-normalised descriptor ``[B, D]``."""
         return nn.functional.normalize(self.embed(x), dim=-1)
 
+    def descriptor_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One conv pass -> (:meth:`descriptor` ``[B, D]``, :meth:`feature_map` ``[B, h*w, C]``)."""
+        f = self.features(x)
+        return (nn.functional.normalize(self.proj(f.flatten(1)), dim=-1),
+                f.flatten(2).transpose(1, 2))
+
     forward = descriptor
 
 

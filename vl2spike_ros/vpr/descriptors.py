@@ -43,14 +43,12 @@ def check_norm(norm: str, img_size: tuple[int, int]) -> str:
 
 def normalise(x: np.ndarray, norm: str = IMAGE_NORM) -> np.ndarray:
     """Standardise float ``[C, h, w]`` in place per image or per ``p x p`` patch; returns it."""
-    p = _patch_of(norm)
+    c, h, w = x.shape
+    p = _patch_of(check_norm(norm, (h, w)))
     if p == 0:
         x -= x.mean()
         x /= x.std() + 1e-3
         return x
-    c, h, w = x.shape
-    if h % p or w % p:
-        raise ValueError(f"input {h}x{w} is not divisible by the normalisation patch {p}")
     b = x.reshape(c, h // p, p, w // p, p)
     b -= b.mean(axis=(2, 4), keepdims=True)
     b /= b.std(axis=(2, 4), keepdims=True) + 1e-2

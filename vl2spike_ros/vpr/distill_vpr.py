@@ -17,10 +17,13 @@ modules as CIFAR distillation (:mod:`vl2spike_ros.distill.losses`):
   ``ramp_steps``): per-step pooled features, membrane potentials and spike rates agree with
   their mean over T.
 
-Returns a dict of named (weighted) terms + ``"total"``. The teacher stays frozen in eval mode.
+Returns a dict of named (weighted) terms + ``"total"``; a term whose weight is 0 is neither
+computed nor returned (no projector, no teacher feature map, no membrane capture for it). The
+teacher stays frozen in eval mode.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -61,13 +64,15 @@ class SpikeVPRLoss(nn.Module):
             teacher.eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)
-            self.align = SVSAlignLoss(SVSAlignConfig(enabled=True, cos_weight=weights.cos,
-                                                     rel_weight=0.0, projector="mlp",
-                                                     proj_hidden=256), embed_dim, teacher_dim)
-            self.temporal = SVSTemporalLoss(SVSTemporalConfig(
-                enabled=True, weight=weights.temporal, warmup_epochs=weights.warmup_steps,
-                ramp_epochs=weights.ramp_steps, target="mean"))
-            if teacher_tok_dim:
+            if weights.cos:
+                self.align = SVSAlignLoss(SVSAlignConfig(enabled=True, cos_weight=weights.cos,
+                                                         rel_weight=0.0, projector="mlp",
+                                                         proj_hidden=256), embed_dim, teacher_dim)
+            if weights.temporal:
+                self.temporal = SVSTemporalLoss(SVSTemporalConfig(
+                    enabled=True, weight=weights.temporal, warmup_epochs=weights.warmup_steps,
+                    ramp_epochs=weights.ramp_steps, target="mean"))
+            if weights.tok and teacher_tok_dim:
                 self.proj_tok = nn.Linear(embed_dim, teacher_tok_dim)
         self.steps = 0
 
@@ -79,7 +84,8 @@ class SpikeVPRLoss(nn.Module):
 
     def forward(self, model, xa, xp, pa, pp) -> dict[str, torch.Tensor]:
         x = torch.cat([xa, xp])
-        with model.capture() as cap:
+        capture = model.capture() if hasattr(self, "temporal") else contextlib.nullcontext()
+        with capture as cap:
             tokens = model.forward_features(x)
         z = spatial_from_tokens(model, tokens) if descriptor_mode(model) == SPATIAL \
             else model.descriptor_from_tokens(tokens)
@@ -104,15 +110,22 @@ class SpikeVPRLoss(nn.Module):
     def _svs(self, model, x, tokens, z, cap) -> dict[str, torch.Tensor]:
         """Weighted SVS terms (keys ``svs_*``) of one batch."""
         with torch.no_grad():
-            t = F.normalize(self.teacher.descriptor(x), dim=-1)
-            tmap = self.teacher.feature_map(x) if hasattr(self, "proj_tok") else None
-        terms = self.align(model.pool(tokens), t)
-        out = {"svs_cos": terms["svs_cos"]}
+            if hasattr(self, "proj_tok"):   # one pass of the teacher's conv stack for both
+                t, tmap = self.teacher.descriptor_and_map(x)
+            else:
+                t, tmap = self.teacher.descriptor(x), None
+            t = F.normalize(t, dim=-1)
+        out = {}
+        if hasattr(self, "align"):
+            out["svs_cos"] = self.align(model.pool(tokens), t)["svs_cos"]
         if tmap is not None and tmap.shape[1] == tokens.shape[2]:
             st = F.normalize(self.proj_tok(tokens.mean(0)), dim=-1)       # [B, N, C]
             tok = (1 - (st * F.normalize(tmap, dim=-1)).sum(-1)).mean()
             out["svs_tok"] = self.w.tok * tok
-        out["svs_rel"] = self.w.rel * self._relational(z, t)
-        temp = self.temporal(cap.step_features, cap.v_seq, cap.step_spike_rates, float(self.steps))
-        out.update({k: v for k, v in temp.items() if k != "total"})
+        if self.w.rel:
+            out["svs_rel"] = self.w.rel * self._relational(z, t)
+        if hasattr(self, "temporal"):
+            temp = self.temporal(cap.step_features, cap.v_seq, cap.step_spike_rates,
+                                 float(self.steps))
+            out.update({k: v for k, v in temp.items() if k != "total"})
         return out
