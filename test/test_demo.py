@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -164,6 +165,7 @@ def test_interrupt_stops_the_node(tmp_path, data_root, weights, ros_env):
             node_pid = int(m.group(1))
             break
     assert node_pid is not None, proc.communicate(timeout=60)
+    time.sleep(1.5)  # the demo's own rclpy context is up by now (it waits ~4 s for the node)
     proc.send_signal(signal.SIGINT)  # what Ctrl-C does to the demo
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]

@@ -82,6 +82,9 @@ def test_training_resumes_from_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="other settings"):
         train_descriptor(model, a, b, TrainConfig(**{**cfg.__dict__, "epochs": 3}),
                          ckpt=tmp_path / "c.ckpt")
+    with pytest.raises(ValueError, match="written for another model"):
+        train_descriptor(PlaceCNN(CNNConfig(widths=(4, 4), descriptor_dim=16)), a, b, cfg,
+                         ckpt=tmp_path / "c.ckpt")
     save_cnn(model, tmp_path / "m.safetensors")
     back = load_cnn(tmp_path / "m.safetensors")
     x = torch.randn(2, 1, 32, 64)

@@ -163,15 +163,18 @@ def _top_scopes(counter, exclude: tuple[str, ...] = ("Global",)) -> dict[str, in
 
 # ----------------------------------------------------------------------------- student
 @torch.no_grad()
-def student_energy(model: nn.Module, images: torch.Tensor, output: str = "descriptor") -> dict:
+def student_energy(model: nn.Module, images: torch.Tensor,
+                   output: str | Callable[[torch.Tensor], Any] = "descriptor") -> dict:
     """Per-image energy of a SpikformerStudent on ``images [B,C,H,W]`` (eval mode).
 
-    ``output``: ``"descriptor"`` (place recognition: features + projection) or ``"logits"``.
+    ``output``: ``"descriptor"`` (``model.descriptor``: features + pooled projection),
+    ``"logits"``, or a callable ``images -> output`` that runs the model (e.g. the VPR place
+    descriptor with its spatial head and whitening, which then count as MACs).
     Returns ``energy_mj, sops, macs_first_layer, macs_other, macs, firing_rate,
     per_layer_firing_rate, sops_by_scope, T, batch, e_mac_pj, e_ac_pj``.
     """
-    if output not in ("descriptor", "logits"):
-        raise ValueError(f"output must be 'descriptor' or 'logits', got {output!r}")
+    if not callable(output) and output not in ("descriptor", "logits"):
+        raise ValueError(f"output must be 'descriptor', 'logits' or a callable, got {output!r}")
     was_training = model.training
     model.eval()
     first_conv = model.stem.stages[0].conv_bn.block[0]
@@ -183,7 +186,8 @@ def student_energy(model: nn.Module, images: torch.Tensor, output: str = "descri
                                    lambda s: (float(s.sum()), int(s.numel())))
     try:
         with DispatchCounterMode([syn, mac]):
-            fn = model.descriptor if output == "descriptor" else model.forward
+            fn = output if callable(output) else (
+                model.descriptor if output == "descriptor" else model.forward)
             fn(images)
         with DispatchCounterMode([mac_first]):  # the first layer alone, on the same input
             first_conv(images)
@@ -209,7 +213,8 @@ def student_energy(model: nn.Module, images: torch.Tensor, output: str = "descri
         "firing_rate": total_spikes / max(1, total_neurons),
         "per_layer_firing_rate": rates,
         "sops_by_scope": {k: v / b for k, v in _top_scopes(syn).items()},
-        "T": int(model.config.T), "batch": b, "output": output,
+        "T": int(model.config.T), "batch": b,
+        "output": output if isinstance(output, str) else getattr(output, "__name__", "callable"),
         "e_mac_pj": E_MAC_PJ, "e_ac_pj": E_AC_PJ,
     }
 
@@ -380,6 +385,28 @@ def resolve_student(variant: str | None, weights: str | None, calib: torch.Tenso
                    "weights_hash": None, "trained": False}
 
 
+def _vpr_output(model: nn.Module, weights: str | None) -> str | Callable:
+    """VPR weights (``metadata.vpr`` present): their place descriptor as used for matching
+    (spatial head, whitening); otherwise ``model.descriptor``."""
+    from vl2spike_ros import models
+
+    weights = weights or (str(models.default_vpr_weights())
+                          if models.default_vpr_weights().is_file() else None)
+    if weights is None or "vpr" not in models.read_model_meta(weights).get("metadata", {}):
+        return "descriptor"
+    from vl2spike_ros.vpr.descriptors import check_mode, place_descriptor
+    from vl2spike_ros.vpr.pipeline import attach_whitening
+
+    vpr = models.read_model_meta(weights)["metadata"]["vpr"]
+    model.vpr_descriptor = check_mode(vpr.get("descriptor", "pooled"))
+    attach_whitening(model, weights)
+
+    def place_descriptor_(x: torch.Tensor) -> torch.Tensor:
+        return place_descriptor(model, x)
+    place_descriptor_.__name__ = "place_descriptor"
+    return place_descriptor_
+
+
 def load_real_images(in_chans: int, data_root: str | None, n: int) -> tuple[np.ndarray, str]:
     """``n`` real uint8 images: Nordland frames for grey variants, CIFAR-10 test for colour."""
     from vl2spike_ros.paths import data_root as _root
@@ -427,7 +454,7 @@ def energy_report(variant: str | None = None, weights: str | None = None,
     norm = (models.read_model_meta(weights).get("metadata", {}).get("vpr", {})
             .get("input_norm", "image") if weights else "image")
     x = student_input(meas_raw, model.config, norm)
-    student = student_energy(model, x)
+    student = student_energy(model, x, _vpr_output(model, weights))
     timgs = teacher_input(meas_raw)
     clip = ClipImageTower(clip_arch)
     teacher = teacher_energy(clip, timgs)

@@ -140,7 +140,24 @@ def _busy_processes(n: int = 5) -> list[str]:
     return [r[1][:120] for r in rows if len(r) == 2 and r[0] != str(os.getpid())][:n]
 
 
+class _PlaceDescriptor:
+    """A VPR model timed through what matching uses: ``descriptor(x)`` = the place descriptor
+    (descriptor mode + whitening of its weights), with the model's input normalisation."""
+
+    def __init__(self, model) -> None:
+        self.model, self.config = model, model.config
+
+    def descriptor(self, x):
+        from vl2spike_ros.vpr.descriptors import place_descriptor
+        return place_descriptor(self.model, x)
+
+    def to(self, *args, **kwargs) -> "_PlaceDescriptor":
+        self.model = self.model.to(*args, **kwargs)
+        return self
+
+
 def _student(variant: str, weights: str | None):
+    """(model to time, weights description, input normalisation)."""
     from vl2spike_ros import models
 
     if weights is None and variant == "spikformer_vpr" and models.default_vpr_weights().is_file():
@@ -149,8 +166,14 @@ def _student(variant: str, weights: str | None):
         m = models.load_model(weights)  # the file's own config (e.g. its descriptor size)
         if m.config.name != variant:
             raise ValueError(f"{weights} holds variant {m.config.name!r}, not {variant!r}")
-        return m, str(weights)
-    return models.create_model(variant).eval(), "random (speed does not depend on weights)"
+        if "vpr" in models.read_model_meta(weights).get("metadata", {}):
+            from vl2spike_ros.vpr.descriptors import input_norm
+            from vl2spike_ros.vpr.pipeline import load_vpr_model
+            vm = load_vpr_model(weights)[0]
+            return _PlaceDescriptor(vm), f"{weights} (place descriptor)", input_norm(vm)
+        return m, str(weights), "image"
+    return (models.create_model(variant).eval(), "random (speed does not depend on weights)",
+            "image")
 
 
 def run_speed(variants: list[str], weights: str | None = None, clip_arch: str = "ViT-B-32",
@@ -175,8 +198,8 @@ def run_speed(variants: list[str], weights: str | None = None, clip_arch: str = 
     jobs = [("student", v) for v in variants] + [("teacher", clip_arch)]
     for kind, name in tqdm(jobs, desc="bench speed", unit="model"):
         if kind == "student":
-            model, wdesc = _student(name, weights if name == variants[0] else None)
-            x = student_input(frames, model.config)
+            model, wdesc, norm = _student(name, weights if name == variants[0] else None)
+            x = student_input(frames, model.config, norm)
             heavy = model.config.img_size[0] * model.config.img_size[1] > 128 * 128
             r = measure_model(model, x[:1], x, seconds, compile_, heavy)
             r.update(weights=wdesc, img_size=list(model.config.img_size), T=model.config.T)

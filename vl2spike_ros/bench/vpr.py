@@ -1,6 +1,7 @@
-"""``vl2spike bench vpr``: Nordland held-out comparison (SAD, HOG, VPRTempo, ANN teacher,
-Spikformer direct, Spikformer distilled = vl2spike). Uses trained weights; ``--train`` retrains.
-"""
+"""``vl2spike bench vpr``: Nordland held-out comparison (SAD, HOG, HOG + learned whitening,
+VPRTempo, ANN teacher, Spikformer direct, equal-budget control, Spikformer distilled = vl2spike).
+Uses trained weights; ``--train`` retrains. The targets compare vl2spike with the issue's
+baselines (SAD, HOG, VPRTempo)."""
 from __future__ import annotations
 
 import logging
@@ -31,6 +32,8 @@ def register(subparsers) -> None:
                    help="results of VPRTempo run in its own venv (`make bench-vprtempo`; same "
                         f"JSON layout per method); default: {VPRTEMPO_JSON} when present")
     p.add_argument("--threads", type=int, default=1, help="torch threads for timing (default 1)")
+    p.add_argument("--no-whitening", action="store_true",
+                   help="evaluate the learned models without their fitted whitening (ablation)")
     p.add_argument("--model-card", default=None, metavar="MD",
                    help="also write a model card for the vl2spike weights here")
     p.set_defaults(func=_handler)
@@ -86,13 +89,34 @@ def _train(ns, root, wdir: Path) -> dict:
     return main_train(root, wdir, ns.vl2spike_weights, None, ns.ckpt_dir)
 
 
-def _methods(ns, wdir: Path):
+def _hog_whitened(root: Path, val_frac: float = 0.1):
+    """HOG + the learned whitening our models use, fitted the same way (training places of the
+    training segment, validation places left out): a fair reference for whitened descriptors,
+    not one of the issue's baselines."""
+    import torch
+
+    from vl2spike_ros.vpr.baselines import cosine_similarity, hog_descriptors
+    from vl2spike_ros.vpr.datasets import load_nordland
+    from vl2spike_ros.vpr.runner import Method
+    from vl2spike_ros.vpr.whiten_weights import WHITEN_DIM, WHITEN_SHRINK
+    from vl2spike_ros.vpr.whitening import fit_whitening
+
+    s, w = (load_nordland(root, season, "train")[0] for season in ("summer", "winter"))
+    cut = int(round(len(s) * (1 - val_frac)))
+    wh = fit_whitening(hog_descriptors(s[:cut]), hog_descriptors(w[:cut]), WHITEN_DIM,
+                       WHITEN_SHRINK)
+    return Method("hog_whitened", lambda x: wh(torch.from_numpy(hog_descriptors(x))).numpy(),
+                  cosine_similarity, faiss_ok=True)
+
+
+def _methods(ns, wdir: Path, root: Path):
     from vl2spike_ros.models import default_vpr_weights
     from vl2spike_ros.vpr.pipeline import load_vpr_model
     from vl2spike_ros.vpr.runner import baseline_method, model_method
 
     yield "sad", baseline_method("sad"), None, None
     yield "hog", baseline_method("hog"), None, None
+    yield "hog_whitened", _hog_whitened(root), None, None
     paths = {"teacher": wdir / TEACHER, "spikformer": wdir / DIRECT,
              "spikformer_continued": wdir / CONTINUED,
              "vl2spike": Path(ns.vl2spike_weights) if ns.vl2spike_weights else wdir / DISTILLED}
@@ -107,6 +131,10 @@ def _methods(ns, wdir: Path):
             yield name, None, f"weights {p} not found (run with --train)", None
             continue
         model, meta = load_vpr_model(p)
+        if ns.no_whitening and getattr(model, "vpr_whitening", None) is not None:
+            from vl2spike_ros.vpr.descriptors import descriptor_dim
+            model.vpr_whitening = None
+            meta = {**meta, "descriptor_dim": descriptor_dim(model), "whitening": "disabled"}
         yield name, model_method(model, name), None, (model, meta, p)
 
 
@@ -121,12 +149,17 @@ def _handler(ns) -> int:
 
     import torch
 
+    if ns.no_whitening and ns.model_card:
+        raise SystemExit("vl2spike bench vpr: --model-card describes the weights as shipped; "
+                         "do not combine it with --no-whitening")
     torch.set_num_threads(ns.threads)
     root = nordland_root(Path(ns.data_root) / "nordland" if ns.data_root else None)
     wdir = Path(ns.weights_dir)
     res = {"protocol": {"dataset": str(root), "split": "held-out: last 40% of places (train: first 60%)",
                         "tolerances_frames": [0, 1, 2], "recall_unit": "percent",
                         "seq_len": ns.seq_len, "directions": "query season -> database season",
+                        "whitening": "disabled (ablation)" if ns.no_whitening else
+                                     "as stored in the weights",
                         "torch_threads": ns.threads},
            "methods": {}}
     if ns.train:
@@ -135,7 +168,7 @@ def _handler(ns) -> int:
     res["protocol"]["n_places"] = int(len(seasons["summer"]))
     vt = load_vprtempo(ns.vprtempo_json, ns.seq_len, len(seasons["summer"]))  # fail before work
     curves = {}
-    for name, method, skipped, model_info in _methods(ns, wdir):
+    for name, method, skipped, model_info in _methods(ns, wdir, root):
         if method is None:
             res["methods"][name] = {"skipped": skipped}
             continue

@@ -12,9 +12,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("vpr", help="train VPR models on Nordland (first 60 %% of places)")
     sub = p.add_subparsers(dest="vpr_cmd", metavar="ACTION")
     sub.required = True
-    t = sub.add_parser("train", help="train teacher / direct / distilled (default: all three)")
+    t = sub.add_parser("train", help="train teacher / direct / control / distilled (default: "
+                                     "all, then select the default)")
     t.add_argument("what", nargs="?", default="all",
-                   choices=["all", "teacher", "direct", "distilled", "control"])
+                   choices=["all", "teacher", "direct", "distilled", "control", "select"],
+                   help="`select` only re-chooses the default from the trained control and "
+                        "distilled weights")
     t.add_argument("--data-root", default=None, help="folder holding nordland/")
     t.add_argument("--weights-dir", default="bench/weights", help="teacher + direct weights")
     t.add_argument("--out", default=None,
@@ -24,6 +27,38 @@ def register(subparsers) -> None:
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     t.add_argument("--json", default=None, metavar="PATH", help="training summary JSON")
     t.set_defaults(func=_train)
+    w = sub.add_parser("whiten", help="fit a learned whitening for trained VPR weights on the "
+                                      "Nordland training places and store it in the weights file")
+    w.add_argument("weights", help="Spikformer or CNN VPR weights (.safetensors)")
+    w.add_argument("--out", default=None, help="write here instead of updating WEIGHTS in place")
+    w.add_argument("--descriptor", default=None, metavar="MODE",
+                   help="switch the descriptor first: CNN 'map' | 'pooled'; Spikformer "
+                        "'spatial' | 'pooled' | 'stem<n>' (spike rates after n stem stages)")
+    w.add_argument("--dim", type=int, default=None, help="output dimension (default 256)")
+    w.add_argument("--shrink", type=float, default=None, help="covariance shrinkage (default 0.3)")
+    w.add_argument("--data-root", default=None, help="folder holding nordland/")
+    w.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    w.add_argument("--json", default=None, metavar="PATH", help="write the report here")
+    w.set_defaults(func=_whiten)
+
+
+def _whiten(ns) -> int:
+    import json
+
+    import torch
+
+    from vl2spike_ros.atomic import write_json_atomic
+    from vl2spike_ros.paths import nordland_root
+    from vl2spike_ros.vpr.whiten_weights import WHITEN_DIM, WHITEN_SHRINK, whiten_weights
+
+    torch.set_num_threads(ns.threads)
+    root = nordland_root(Path(ns.data_root) / "nordland" if ns.data_root else None)
+    report = whiten_weights(ns.weights, root, ns.out, ns.descriptor,
+                            dim=ns.dim or WHITEN_DIM, shrink=ns.shrink or WHITEN_SHRINK)
+    print(json.dumps(report, indent=2))
+    if ns.json:
+        write_json_atomic(ns.json, report)
+    return 0
 
 
 def _train(ns) -> int:
@@ -50,8 +85,10 @@ def main_train(root: Path, wdir: Path, out_path: str | None, teacher_path: str |
                ckpt_dir: str, what: str = "all") -> dict:
     """Train the requested models with the shipped recipes; returns their training summaries."""
     from vl2spike_ros.models import default_vpr_weights
-    from vl2spike_ros.vpr.recipes import (DIRECT_CFG, DISTILL_CFG, TEACHER_CFG, distill_svs,
+    from vl2spike_ros.vpr.recipes import (CONTINUE_TOKEN_DIM, DIRECT_CFG, DISTILL_CFG,
+                                          STUDENT_DESCRIPTOR, TEACHER_CFG, distill_svs,
                                           select_default, train_student, train_teacher_cnn)
+    from vl2spike_ros.vpr.whiten_weights import whiten_weights
 
     teacher = Path(teacher_path) if teacher_path else wdir / "vpr_teacher_cnn.safetensors"
     direct = wdir / "vpr_spikformer_direct.safetensors"
@@ -60,20 +97,29 @@ def main_train(root: Path, wdir: Path, out_path: str | None, teacher_path: str |
     out = {}
     if what in ("all", "teacher"):
         out["teacher"] = train_teacher_cnn(root, teacher, TEACHER_CFG, ckpt_dir)
+        out["teacher"]["whitening"] = whiten_weights(teacher, root, descriptor="map")
     if what in ("all", "direct"):
         out["spikformer"] = train_student(root, direct, DIRECT_CFG, ckpt_dir)
+        out["spikformer"]["whitening"] = whiten_weights(direct, root, descriptor=STUDENT_DESCRIPTOR)
     needs = {"distilled": ((teacher, "teacher"), (direct, "direct")),
-             "control": ((direct, "direct"),)}
+             "control": ((direct, "direct"),),
+             "select": ((control, "control"), (distilled, "distilled"))}
     for need, step in needs.get(what, ()):
         if not need.is_file():
             raise FileNotFoundError(f"{need} missing: train it first (vl2spike vpr train {step})")
     if what in ("all", "control"):
-        out["spikformer_continued"] = train_student(root, control, DISTILL_CFG, ckpt_dir,
-                                                    init_from=direct, name="spikformer_continued")
+        out["spikformer_continued"] = train_student(
+            root, control, DISTILL_CFG, ckpt_dir, init_from=direct, name="spikformer_continued",
+            token_dim=CONTINUE_TOKEN_DIM)
+        out["spikformer_continued"]["whitening"] = whiten_weights(control, root,
+                                                                  descriptor=STUDENT_DESCRIPTOR)
     if what in ("all", "distilled"):
         out["vl2spike"] = train_student(root, distilled, DISTILL_CFG, ckpt_dir,
-                                        teacher_path=teacher, init_from=direct, svs=distill_svs())
-    if what == "all":
+                                        teacher_path=teacher, init_from=direct, svs=distill_svs(),
+                                        token_dim=CONTINUE_TOKEN_DIM)
+        out["vl2spike"]["whitening"] = whiten_weights(distilled, root,
+                                                      descriptor=STUDENT_DESCRIPTOR)
+    if what in ("all", "select"):
         out["default"] = select_default({"spikformer_continued": control, "vl2spike": distilled},
                                         Path(out_path) if out_path else default_vpr_weights())
     return out

@@ -6,7 +6,9 @@ from .config import SpikformerConfig, get_config, list_models, register_variant
 from .io import (
     config_path_for,
     create_model,
+    EXTRA_PREFIX,
     default_vpr_weights,
+    load_extra_tensors,
     load_model,
     read_model_meta,
     save_model,
@@ -15,6 +17,7 @@ from .io import (
 from .spikformer import Capture, SpikformerStudent, calibrate_bn
 
 __all__ = [
+    "EXTRA_PREFIX",
     "Capture",
     "SpikformerConfig",
     "SpikformerStudent",
@@ -24,6 +27,7 @@ __all__ = [
     "default_vpr_weights",
     "get_config",
     "list_models",
+    "load_extra_tensors",
     "load_model",
     "read_model_meta",
     "register_variant",

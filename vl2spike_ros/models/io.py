@@ -19,9 +19,12 @@ from .spikformer import SpikformerStudent
 log = logging.getLogger(__name__)
 
 __all__ = ["create_model", "save_model", "load_model", "read_model_meta", "weights_hash",
-           "default_vpr_weights", "config_path_for"]
+           "default_vpr_weights", "config_path_for", "load_extra_tensors", "EXTRA_PREFIX"]
 
 FORMAT = "vl2spike_ros.spikformer_student/1"
+# Tensors that belong with the weights but not to the network's state (e.g. a fitted descriptor
+# whitening) are stored in the same safetensors file under this prefix.
+EXTRA_PREFIX = "extra."
 
 
 def create_model(name_or_config: str | SpikformerConfig, **overrides: Any) -> SpikformerStudent:
@@ -42,10 +45,12 @@ def config_path_for(path: str | os.PathLike) -> Path:
 
 
 def save_model(model: SpikformerStudent, path: str | os.PathLike,
-               metadata: dict[str, Any] | None = None) -> Path:
+               metadata: dict[str, Any] | None = None,
+               extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``path`` (safetensors; ``.safetensors`` appended if missing) and its ``.json``.
 
-    Both writes are atomic. ``metadata`` (JSON-serialisable) is stored in the JSON file.
+    Both writes are atomic. ``metadata`` (JSON-serialisable) is stored in the JSON file;
+    ``extra_tensors`` are stored as ``extra.<name>`` (read back by :func:`load_extra_tensors`).
     """
     from safetensors.torch import save_file
 
@@ -57,6 +62,8 @@ def save_model(model: SpikformerStudent, path: str | os.PathLike,
     except TypeError as exc:
         raise ValueError(f"save_model: metadata is not JSON-serialisable ({exc})") from exc
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state.update({EXTRA_PREFIX + k: v.detach().cpu().contiguous()
+                  for k, v in (extra_tensors or {}).items()})
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"format": FORMAT, "variant": model.config.name})
     meta = {"format": FORMAT, "config": model.config.to_dict(), "weights_sha256_16": weights_hash(path),
@@ -104,7 +111,8 @@ def load_model(path: str | os.PathLike, expected: str | SpikformerConfig | None 
     except Exception as exc:  # safetensors raises its own error types
         raise ValueError(f"{path}: cannot read safetensors ({exc})") from exc
     model = SpikformerStudent(cfg)
-    _load_state_checked(model, state, path)
+    _load_state_checked(model, {k: v for k, v in state.items()
+                                if not k.startswith(EXTRA_PREFIX)}, path)
     model.to(map_location).eval()
     return model
 
@@ -122,6 +130,18 @@ def _load_state_checked(model: SpikformerStudent, state: dict[str, torch.Tensor]
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
             f"shape mismatches {wrong[:5]})")
     model.load_state_dict(state, strict=True)
+
+
+def load_extra_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The ``extra.*`` tensors of a safetensors weights file, prefix removed (may be empty)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            return {k[len(EXTRA_PREFIX):]: fh.get_tensor(k) for k in fh.keys()
+                    if k.startswith(EXTRA_PREFIX)}
+    except Exception as exc:  # safetensors raises its own error types
+        raise ValueError(f"{path}: cannot read safetensors ({exc})") from exc
 
 
 def weights_hash(path: str | os.PathLike) -> str:

@@ -63,10 +63,29 @@ class SpikingStem(nn.Module):
         return self._rest(self.stages[0](x_seq))
 
     def forward_static(self, x: torch.Tensor, T: int) -> torch.Tensor:
+        return self._rest(self._first_static(x, T))
+
+    def _first_static(self, x: torch.Tensor, T: int) -> torch.Tensor:
         first = self.stages[0]
         y = first.conv_bn(x.unsqueeze(0))  # [1,B,C1,H1,W1]
-        y = y.expand(T, *y.shape[1:])
-        return self._rest(first.neuron(y))
+        return first.neuron(y.expand(T, *y.shape[1:]))
+
+    def forward_prefix(self, x: torch.Tensor, n: int, T: int) -> torch.Tensor:
+        """Spikes of the first ``n`` stages only (no position conv): ``x [B,C,H,W]`` (repeated
+        over ``T``) or ``[T,B,C,H,W]`` -> ``[T,B,C_n,h_n,w_n]``."""
+        if not 1 <= n <= len(self.stages):
+            raise ValueError(f"stem has {len(self.stages)} stages, asked for the first {n}")
+        y = self._first_static(x, T) if x.ndim == 4 else self.stages[0](x)
+        for stage in self.stages[1:n]:
+            y = stage(y)
+        return y
+
+    def prefix_shape(self, n: int, img_size: tuple[int, int]) -> tuple[int, int, int]:
+        """``(C, h, w)`` of :meth:`forward_prefix` ``(n)`` for an ``img_size`` (H, W) input."""
+        stages = list(self.stages[:n])
+        pools = sum(any(isinstance(m, nn.MaxPool2d) for m in st.modules()) for st in stages)
+        c = [m for m in stages[-1].modules() if isinstance(m, nn.Conv2d)][0].out_channels
+        return c, img_size[0] >> pools, img_size[1] >> pools
 
 
 @dataclass
@@ -145,10 +164,9 @@ class SpikformerStudent(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``x [B,C,H,W]`` or ``[T,B,C,H,W]`` -> spike tokens ``[T, B, N, D]``.
 
-        The one place that resets neuron state (so every call is independent).
+        Resets neuron state first (``_start``), so every call is independent.
         """
-        self._check_input(x)
-        functional.reset_net(self)
+        self._start(x)
         y = self.stem.forward_static(x, self.config.T) if x.ndim == 4 else self.stem(x)
         for blk in self.blocks:
             y = blk(y)
@@ -156,6 +174,18 @@ class SpikformerStudent(nn.Module):
         if self._capture is not None:
             self._fill_capture(tokens)
         return tokens
+
+    def _start(self, x: torch.Tensor) -> None:
+        """Check the input and reset every neuron: the one place state is reset, so each
+        forward (full or stem-only) is independent."""
+        self._check_input(x)
+        functional.reset_net(self)
+
+    def forward_stem(self, x: torch.Tensor, stages: int) -> torch.Tensor:
+        """``x [B,C,H,W]`` or ``[T,B,C,H,W]`` -> spikes of the first ``stages`` spiking conv
+        stages ``[T, B, C, h, w]`` (a cheaper, higher-resolution view than the tokens)."""
+        self._start(x)
+        return self.stem.forward_prefix(x, stages, self.config.T)
 
     def _fill_capture(self, tokens: torch.Tensor) -> None:
         cap = self._capture

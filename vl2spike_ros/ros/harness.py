@@ -64,7 +64,10 @@ class Prober:
 
         self.keep_candidates = keep_candidates
         self.ctx = rclpy.context.Context()
-        rclpy.init(context=self.ctx)
+        # no rclpy signal handlers: Ctrl-C must stay a KeyboardInterrupt in the host process
+        # (the demo/bench clean up and exit 130); rclpy's handler would swallow it
+        rclpy.init(context=self.ctx,
+                   signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
         self.node = rclpy.create_node("vpr_load_bench", context=self.ctx)
         self.pub = self.node.create_publisher(CompressedImage if compressed else Image,
                                               "bench/image", qos_profile_sensor_data)

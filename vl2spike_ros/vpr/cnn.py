@@ -61,6 +61,13 @@ class PlaceCNN(nn.Module):
         """``[B, C, H, W]`` -> L2-normalised descriptor ``[B, D]``."""
         return nn.functional.normalize(self.embed(x), dim=-1)
 
+    @property
+    def map_dim(self) -> int:
+        """Length of the flattened last conv map (the ``"map"`` place descriptor)."""
+        h, w = self.config.img_size
+        down = 2 ** (len(self.config.widths) - 1)
+        return self.config.widths[-1] * (h // down) * (w // down)
+
     def descriptor_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One conv pass -> (:meth:`descriptor` ``[B, D]``, :meth:`feature_map` ``[B, h*w, C]``)."""
         f = self.features(x)
@@ -70,11 +77,17 @@ class PlaceCNN(nn.Module):
     forward = descriptor
 
 
-def save_cnn(model: PlaceCNN, path: str | Path, meta: dict | None = None) -> None:
-    """Write ``path`` (.safetensors) and ``path.json`` (config + meta), atomically."""
+def save_cnn(model: PlaceCNN, path: str | Path, meta: dict | None = None,
+             extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Write ``path`` (.safetensors) and ``path.json`` (config + meta), atomically;
+    ``extra_tensors`` are stored as ``extra.<name>`` like :func:`vl2spike_ros.models.save_model`."""
+    from vl2spike_ros.models.io import EXTRA_PREFIX
+
     path = Path(path)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state.update({EXTRA_PREFIX + k: v.contiguous() for k, v in (extra_tensors or {}).items()})
     with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        save_file(state, str(tmp))
     cfg = dataclasses.asdict(model.config)
     write_json_atomic(path.with_suffix(".json"), {"kind": "cnn", "config": cfg, "meta": meta or {}})
 
@@ -87,12 +100,19 @@ def load_cnn(path: str | Path) -> PlaceCNN:
     info = json.loads(path.with_suffix(".json").read_text())
     cfg = info["config"]
     cfg = CNNConfig(**{**cfg, "img_size": tuple(cfg["img_size"]), "widths": tuple(cfg["widths"])})
+    from vl2spike_ros.models.io import EXTRA_PREFIX
+
     model = PlaceCNN(cfg)
     try:
-        model.load_state_dict(load_file(str(path)))
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types
+        raise ValueError(f"{path}: cannot read safetensors ({exc})") from exc
+    try:
+        model.load_state_dict({k: v for k, v in state.items() if not k.startswith(EXTRA_PREFIX)})
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not fit config {cfg}: {exc}") from exc
-    from vl2spike_ros.vpr.descriptors import check_norm
-    model.vpr_input_norm = check_norm(info.get("meta", {}).get("vpr", {}).get("input_norm", "image"),
-                                      cfg.img_size)
+    from vl2spike_ros.vpr.descriptors import POOLED, check_mode, check_norm
+    vpr = info.get("meta", {}).get("vpr", {})
+    model.vpr_input_norm = check_norm(vpr.get("input_norm", "image"), cfg.img_size)
+    model.vpr_descriptor = check_mode(vpr.get("descriptor", POOLED))
     return model.eval()

@@ -92,6 +92,9 @@ def preprocess(images: np.ndarray, img_size: tuple[int, int], in_chans: int,
 
 SPATIAL = "spatial"
 POOLED = "pooled"
+MAP = "map"  # CNN: the flattened last conv map (PlaceCNN.features), no learned projection
+STEM = "stem"  # "stem<n>": Spikformer spike rates after the first n stem stages, flattened
+DESCRIPTOR_MODES = (SPATIAL, POOLED, MAP, STEM + "<n>")
 
 
 def input_norm(model) -> str:
@@ -100,8 +103,22 @@ def input_norm(model) -> str:
 
 
 def descriptor_mode(model) -> str:
-    """``"spatial"`` (Spikformer tokens kept on their grid) or ``"pooled"`` (model.descriptor)."""
+    """``"spatial"`` (Spikformer tokens kept on their grid), ``"pooled"`` (model.descriptor),
+    ``"stem<n>"`` (Spikformer spike rates after n stem stages) or ``"map"`` (a CNN's conv map)."""
     return getattr(model, "vpr_descriptor", POOLED)
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` if it is a known descriptor mode, else ValueError."""
+    if mode in (SPATIAL, POOLED, MAP) or stem_stages(mode):
+        return mode
+    raise ValueError(f"unknown VPR descriptor mode {mode!r}; known: {', '.join(DESCRIPTOR_MODES)}")
+
+
+def stem_stages(mode: str) -> int:
+    """n of a ``"stem<n>"`` mode (n >= 1), else 0."""
+    tail = mode[len(STEM):] if isinstance(mode, str) and mode.startswith(STEM) else ""
+    return int(tail) if tail.isdigit() and int(tail) >= 1 else 0
 
 
 def spatial_from_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
@@ -117,19 +134,45 @@ def spatial_from_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(z.float().flatten(1), dim=-1)
 
 
-def place_descriptor(model, x: torch.Tensor) -> torch.Tensor:
-    """Images ``[B, C, H, W]`` -> L2-normalised place descriptors ``[B, D']``."""
-    if descriptor_mode(model) == SPATIAL:
+def raw_descriptor(model, x: torch.Tensor) -> torch.Tensor:
+    """Images ``[B, C, H, W]`` -> L2-normalised descriptors ``[B, D]`` before any whitening."""
+    mode = descriptor_mode(model)
+    if mode == SPATIAL:
         return spatial_from_tokens(model, model.forward_features(x))
+    if stem_stages(mode):   # spike rates over T, on the stem's (finer) grid
+        rates = model.forward_stem(x, stem_stages(mode)).mean(0)
+        return torch.nn.functional.normalize(rates.flatten(1).float(), dim=-1)
+    if mode == MAP:
+        return torch.nn.functional.normalize(model.features(x).flatten(1).float(), dim=-1)
     return torch.nn.functional.normalize(model.descriptor(x).float(), dim=-1)
+
+
+def place_descriptor(model, x: torch.Tensor) -> torch.Tensor:
+    """Images ``[B, C, H, W]`` -> L2-normalised place descriptors ``[B, D']`` (whitened when the
+    model carries a fitted :class:`~vl2spike_ros.vpr.whitening.Whitening` as ``vpr_whitening``)."""
+    z = raw_descriptor(model, x)
+    whitening = getattr(model, "vpr_whitening", None)
+    return whitening(z) if whitening is not None else z
+
+
+def raw_descriptor_dim(model) -> int:
+    """Length of :func:`raw_descriptor`'s output."""
+    cfg = model.config
+    mode = descriptor_mode(model)
+    if mode == SPATIAL:
+        return int(cfg.num_tokens * cfg.descriptor_dim)
+    if stem_stages(mode):
+        c, h, w = model.stem.prefix_shape(stem_stages(mode), tuple(cfg.img_size))
+        return int(c * h * w)
+    if mode == MAP:
+        return int(model.map_dim)
+    return int(cfg.descriptor_dim)
 
 
 def descriptor_dim(model) -> int:
     """Length of :func:`place_descriptor`'s output."""
-    cfg = model.config
-    if descriptor_mode(model) == SPATIAL:
-        return int(cfg.num_tokens * cfg.descriptor_dim)
-    return int(cfg.descriptor_dim)
+    whitening = getattr(model, "vpr_whitening", None)
+    return whitening.out_dim if whitening is not None else raw_descriptor_dim(model)
 
 
 def model_input_spec(model) -> tuple[tuple[int, int], int]:

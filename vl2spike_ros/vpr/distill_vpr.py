@@ -10,6 +10,11 @@ modules as CIFAR distillation (:mod:`vl2spike_ros.distill.losses`):
 - ``svs_tok`` (VPR-specific, spatial): per-token alignment, 1 - cos(proj_tok(spike rate of token
   n), teacher feature map at grid cell n), when the teacher exposes a feature map on the student's
   token grid (``teacher.feature_map(x) -> [B, N, C]``);
+- ``svs_map`` (VPR-specific, spatial): 1 - cos(student token grid, teacher feature map), both
+  flattened: the whole map is aligned on the teacher's manifold, so relative token strengths
+  count as well as directions. Needs a spatial student whose descriptor head maps tokens to the
+  teacher's channel count (``descriptor_dim == C``); the head is then the projector of
+  ``svs_tok`` as well, so the place descriptor itself lives on the teacher's map manifold;
 - ``svs_rel`` (:func:`~vl2spike_ros.distill.losses.relational_kl`): KL between the batch
   similarity structures of the student's place descriptors and the teacher's descriptors;
 - ``svs_temp_feat/mem/rate`` (:class:`~vl2spike_ros.distill.losses.SVSTemporalLoss`,
@@ -47,6 +52,8 @@ class SVSWeights:
     warmup_steps: int = 60
     ramp_steps: int = 60
     rel_within_view: bool = False  # relational term inside each view (anchors, positives) only
+    map: float = 0.0  # whole-map alignment (spatial student, descriptor_dim == teacher channels)
+    nce: float = 1.0  # weight of the InfoNCE term itself (0: distillation only)
 
 
 class SpikeVPRLoss(nn.Module):
@@ -56,10 +63,14 @@ class SpikeVPRLoss(nn.Module):
 
     def __init__(self, embed_dim: int, temperature: float = 0.07, exclude_radius: int = 3,
                  teacher: nn.Module | None = None, teacher_dim: int = 0,
-                 weights: SVSWeights = SVSWeights(), teacher_tok_dim: int = 0):
+                 weights: SVSWeights = SVSWeights(), teacher_tok_dim: int = 0,
+                 spatial_head_dim: int = 0):
         super().__init__()
+        if teacher is None and not weights.nce:
+            raise ValueError("SpikeVPRLoss without a teacher needs InfoNCE (weights.nce > 0)")
         self.temperature, self.exclude_radius, self.w = temperature, exclude_radius, weights
         self.teacher = teacher
+        self.tok_dim = 0
         if teacher is not None:
             teacher.eval()
             for p in teacher.parameters():
@@ -72,9 +83,23 @@ class SpikeVPRLoss(nn.Module):
                 self.temporal = SVSTemporalLoss(SVSTemporalConfig(
                     enabled=True, weight=weights.temporal, warmup_epochs=weights.warmup_steps,
                     ramp_epochs=weights.ramp_steps, target="mean"))
-            if weights.tok and teacher_tok_dim:
-                self.proj_tok = nn.Linear(embed_dim, teacher_tok_dim)
+            self.tok_dim = teacher_tok_dim if (weights.tok or weights.map) else 0
+            # a spatial student whose head outputs the teacher's channels needs no projector
+            if self.tok_dim and spatial_head_dim != self.tok_dim:
+                self.proj_tok = nn.Linear(embed_dim, self.tok_dim)
         self.steps = 0
+
+    def _token_head(self, model, tokens: torch.Tensor) -> torch.Tensor:
+        """Spike tokens ``[T, B, N, D]`` -> ``[B, N, C]`` on the teacher's map manifold: the
+        student's own descriptor head when it outputs C channels, else a learned projector."""
+        rates = tokens.mean(0)
+        if hasattr(self, "proj_tok"):
+            return self.proj_tok(rates)
+        if descriptor_mode(model) != SPATIAL or model.config.descriptor_dim != self.tok_dim:
+            raise ValueError(f"SpikeVPRLoss was built for a spatial student with a "
+                             f"{self.tok_dim}-channel head; got mode {descriptor_mode(model)!r}, "
+                             f"descriptor_dim {model.config.descriptor_dim}")
+        return model.desc_proj(model.desc_norm(rates))
 
     def train(self, mode: bool = True) -> "SpikeVPRLoss":
         super().train(mode)
@@ -90,7 +115,10 @@ class SpikeVPRLoss(nn.Module):
         z = spatial_from_tokens(model, tokens) if descriptor_mode(model) == SPATIAL \
             else model.descriptor_from_tokens(tokens)
         b = len(xa)
-        out = {"nce": info_nce(z[:b], z[b:], pa, pp, self.temperature, self.exclude_radius)}
+        out = {}
+        if self.w.nce:
+            out["nce"] = self.w.nce * info_nce(z[:b], z[b:], pa, pp, self.temperature,
+                                               self.exclude_radius)
         if self.teacher is not None:
             out.update(self._svs(model, x, tokens, z, cap))
         if self.training:
@@ -110,7 +138,7 @@ class SpikeVPRLoss(nn.Module):
     def _svs(self, model, x, tokens, z, cap) -> dict[str, torch.Tensor]:
         """Weighted SVS terms (keys ``svs_*``) of one batch."""
         with torch.no_grad():
-            if hasattr(self, "proj_tok"):   # one pass of the teacher's conv stack for both
+            if self.tok_dim:   # one pass of the teacher's conv stack for both
                 t, tmap = self.teacher.descriptor_and_map(x)
             else:
                 t, tmap = self.teacher.descriptor(x), None
@@ -119,9 +147,12 @@ class SpikeVPRLoss(nn.Module):
         if hasattr(self, "align"):
             out["svs_cos"] = self.align(model.pool(tokens), t)["svs_cos"]
         if tmap is not None and tmap.shape[1] == tokens.shape[2]:
-            st = F.normalize(self.proj_tok(tokens.mean(0)), dim=-1)       # [B, N, C]
-            tok = (1 - (st * F.normalize(tmap, dim=-1)).sum(-1)).mean()
-            out["svs_tok"] = self.w.tok * tok
+            st = self._token_head(model, tokens)                               # [B, N, C]
+            if self.w.tok:
+                out["svs_tok"] = self.w.tok * (1 - F.cosine_similarity(st, tmap, dim=-1).mean())
+            if self.w.map:
+                out["svs_map"] = self.w.map * (1 - F.cosine_similarity(
+                    st.flatten(1), tmap.flatten(1), dim=-1).mean())
         if self.w.rel:
             out["svs_rel"] = self.w.rel * self._relational(z, t)
         if hasattr(self, "temporal"):

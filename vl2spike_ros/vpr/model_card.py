@@ -27,6 +27,27 @@ def method_of(bench: dict, weights: str | Path) -> str:
     raise ValueError(f"{weights} is not among the benchmarked weights")
 
 
+def _descriptor_text(info: dict, cfg: dict) -> str:
+    mode = info.get("vpr", {}).get("descriptor", "pooled")
+    if mode.startswith("stem"):
+        return (f"spike rates (mean over T) after the first {mode[4:]} spiking conv stages of the "
+                "stem, flattened and L2-normalised (the attention block is not run)")
+    if mode == "spatial":
+        return (f"spike-rate tokens on the {cfg['img_size'][0] // cfg['patch_size']}x"
+                f"{cfg['img_size'][1] // cfg['patch_size']} grid, each through the model's "
+                f"descriptor head ({cfg['descriptor_dim']}-d), flattened and L2-normalised")
+    return "the pooled descriptor head output, L2-normalised"
+
+
+def _whitening_text(info: dict) -> str:
+    w = info.get("vpr", {}).get("whitening")
+    if not w:
+        return "(no whitening)"
+    return (f"then a learned whitening to {w['dim']}-d (closed form, fitted on "
+            f"{w['fitted_on_places']} training places, shrink {w['shrink']}; validation R@1 "
+            f"{w['val_r1_raw']} -> {w['val_r1_whitened']})")
+
+
 def write_model_card(path: str | Path, bench: dict, weights: str | Path) -> None:
     """Write the card for the default ``weights`` from their JSON and the bench results."""
     row = method_of(bench, weights)
@@ -53,9 +74,8 @@ def write_model_card(path: str | Path, bench: dict, weights: str | Path) -> None
 - File: `{wpath.name}` ({wpath.stat().st_size / 1e6:.2f} MB), sha256[:16] `{meta.get('weights_sha256_16')}`
 - Architecture: `{cfg['name']}` (Spikformer, spikingjelly 2.0.0 LIF), input {cfg['in_chans']}x{cfg['img_size'][0]}x{cfg['img_size'][1]} grey,
   patch {cfg['patch_size']}, embed {cfg['embed_dim']}, depth {cfg['depth']}, heads {cfg['num_heads']}, T={cfg['T']}
-- Place descriptor: `{info.get('vpr', {}).get('descriptor', 'pooled')}` = spike-rate tokens on the
-  {cfg['img_size'][0] // cfg['patch_size']}x{cfg['img_size'][1] // cfg['patch_size']} grid, each through the model's descriptor head
-  ({cfg['descriptor_dim']}-d, L2-normalised), flattened: {v['descriptor_dim']}-d, cosine / inner-product matching.
+- Place descriptor: `{info.get('vpr', {}).get('descriptor', 'pooled')}` = {_descriptor_text(info, cfg)}
+  {_whitening_text(info)}; the final descriptor is {v['descriptor_dim']}-d, cosine / inner-product matching.
 - Preprocessing: INTER_AREA resize to 64x32, grey, standardisation
   `{info.get('vpr', {}).get('input_norm', 'image')}` (`vl2spike_ros.vpr.descriptors.prepare_image`).
 - Data: {info.get('data', {})}

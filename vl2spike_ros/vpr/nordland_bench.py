@@ -94,15 +94,19 @@ def evaluate_similarity(sims: dict[str, np.ndarray], query_seconds: dict[str, fl
 def model_energy(model, images: np.ndarray, n: int = 32) -> dict:
     """Energy per query (mJ) and firing rate of a Spikformer or CNN on ``n`` held-out images."""
     from vl2spike_ros import energy as en
-    from vl2spike_ros.vpr.descriptors import input_norm, model_input_spec, preprocess
+    from vl2spike_ros.vpr.descriptors import (input_norm, model_input_spec, place_descriptor,
+                                              preprocess)
 
     size, chans = model_input_spec(model)
     x = preprocess(images[:n], size, chans, input_norm(model))
+
+    def describe(t: torch.Tensor) -> torch.Tensor:   # what matching uses: head + whitening
+        return place_descriptor(model, t)
     if hasattr(model, "lif_nodes"):
-        r = en.student_energy(model, x, output="descriptor")
+        r = en.student_energy(model, x, output=describe)
         return {"energy_mj_per_query": r["energy_mj"], "firing_rate": r["firing_rate"],
                 "sops": r["sops"], "macs": r["macs"]}
-    r = en.teacher_energy(model.descriptor, x)
+    r = en.teacher_energy(describe, x)
     return {"energy_mj_per_query": r["energy_mj"], "macs": r["macs"]}
 
 

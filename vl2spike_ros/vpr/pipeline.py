@@ -56,17 +56,32 @@ def load_vpr_model(weights: str | Path | None = None, device: str = "cpu"):
         model = load_cnn(path)
     else:
         from vl2spike_ros.models import read_model_meta
-        from vl2spike_ros.vpr.descriptors import IMAGE_NORM, check_norm
+        from vl2spike_ros.vpr.descriptors import IMAGE_NORM, check_norm, check_mode
         model = load_model(path, map_location=device)
         vpr = read_model_meta(path).get("metadata", {}).get("vpr", {})
-        model.vpr_descriptor = vpr.get("descriptor", "pooled")
+        model.vpr_descriptor = check_mode(vpr.get("descriptor", "pooled"))
         model.vpr_input_norm = check_norm(vpr.get("input_norm", IMAGE_NORM), model.config.img_size)
+    attach_whitening(model, path)
     model = model.to(device).eval()
     cfg = model.config
     meta = {"variant": cfg.name, "weights_hash": _file_hash(path),
             "descriptor_dim": descriptor_dim(model),
             "input_size": [int(cfg.in_chans), *map(int, cfg.img_size)]}
     return model, meta
+
+
+def attach_whitening(model, path: str | Path) -> None:
+    """Set ``model.vpr_whitening`` from the weights file (``None`` when it has none); refuses a
+    whitening that does not fit the model's raw descriptor."""
+    from vl2spike_ros.models import load_extra_tensors
+    from vl2spike_ros.vpr.descriptors import raw_descriptor_dim
+    from vl2spike_ros.vpr.whitening import Whitening
+
+    whitening = Whitening.from_tensors(load_extra_tensors(path))
+    if whitening is not None and whitening.in_dim != raw_descriptor_dim(model):
+        raise ValueError(f"{path}: stored whitening expects {whitening.in_dim}-d descriptors, the "
+                         f"model gives {raw_descriptor_dim(model)}-d")
+    model.vpr_whitening = whitening
 
 
 def build_map(model, model_meta: dict, images: np.ndarray, metas: list[dict] | None = None,
@@ -183,15 +198,17 @@ class VPRPipeline:
         """Profile one frame (outside the timed path): constant MAC energy + SOPs per spike."""
         from vl2spike_ros import energy as en
         x = torch.from_numpy(prepare_image(image, self.img_size, self.in_chans, self.norm))[None]
+        def describe(t: torch.Tensor) -> torch.Tensor:   # what matching uses
+            return place_descriptor(self.model, t)
         if not self.is_spiking:
-            rep = en.teacher_energy(self.model.descriptor, x)
+            rep = en.teacher_energy(describe, x)
             return {"mac_mj": rep["energy_mj"], "sop_per_spike": 0.0}
         if self._counter is not None:
             self._counter.close()
-        rep = en.student_energy(self.model, x, output="descriptor")
+        rep = en.student_energy(self.model, x, output=describe)
         self._counter = _SpikeCounter(self.model)
         with torch.inference_mode():
-            self.model.descriptor(x)
+            describe(x)
         spikes = max(self._counter.spikes, 1.0)
         return {"mac_mj": en.energy_mj(rep["macs"], 0.0), "sop_per_spike": rep["sops"] / spikes,
                 "e_ac_pj": en.E_AC_PJ}

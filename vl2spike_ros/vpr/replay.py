@@ -22,7 +22,8 @@ def replay_frames(pipeline, frames: Iterable[tuple[int, np.ndarray]],
                   total: int | None = None) -> list[dict]:
     """Run ``(stamp_ns, image)`` pairs through ``pipeline.process``; one row dict per frame."""
     rows = []
-    for i, (stamp, img) in enumerate(tqdm(frames, total=total, desc="replay", leave=False)):
+    bar = tqdm(frames, total=total, desc="replay", leave=False, mininterval=2)
+    for i, (stamp, img) in enumerate(bar):
         r = pipeline.process(img)
         rows.append({"frame": i, "stamp_ns": int(stamp), "best_id": r.best_id,
                      "best_score": r.best_score, "accepted": r.accepted,

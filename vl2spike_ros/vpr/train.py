@@ -99,7 +99,11 @@ def _load_ckpt(path: Path | None, model, opt, sched, cfg: TrainConfig) -> tuple[
     if state.get("config") != dataclasses.asdict(cfg):
         raise ValueError(f"checkpoint {path} was written with other settings "
                          f"{state.get('config')}; delete it or train with the same settings")
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {path} was written for another model (shapes or names "
+                         f"differ); delete it or train that model: {str(exc)[:300]}") from exc
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
     log.info("resumed %s at epoch %d", path, state["epoch"])
@@ -126,7 +130,8 @@ def train_descriptor(model: torch.nn.Module, trav_a: torch.Tensor, trav_b: torch
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         model.train()
         t0, sums = time.time(), {}
-        for _ in tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False):
+        for _ in tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                      mininterval=5):
             terms = loss_fn(model, *sample_batch(trav_a, trav_b, n, cfg, gen))
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
