@@ -11,6 +11,8 @@ from vl2spike_ros.vpr.distill_vpr import SpikeVPRLoss, SVSWeights
 from vl2spike_ros.vpr.pipeline import load_vpr_model
 from vl2spike_ros.vpr.whitening import Whitening, fit_whitening, split_whitening
 
+from test_vpr_distill import _batch, _teacher  # noqa: E402  (shared tiny teacher/batch)
+
 
 def _views(n=300, d=40, nuisance=6.0, seed=0):
     """Two views of n places: shared place signal + a strong view-dependent nuisance."""
@@ -58,7 +60,11 @@ def test_whitening_tensors_round_trip_and_incomplete_refused():
     wh = fit_whitening(a, b, dim=8)
     state, back = split_whitening({"w": torch.ones(1), **wh.to_tensors()})
     assert set(state) == {"w"}
-    assert torch.equal(back.proj, wh.proj) and torch.equal(back.mean, wh.mean)
+    assert back.proj.dtype == torch.float32 and torch.equal(back.mean, wh.mean)
+    assert torch.allclose(back.proj, wh.proj, rtol=1e-3, atol=1e-6)   # stored as float16
+    assert wh.to_tensors()["vpr_whitening.proj"].dtype == torch.float16
+    huge = Whitening(torch.zeros(2), torch.tensor([[1e6, 1.0], [0.5, 2.0]]))  # overflows float16
+    assert huge.to_tensors()["vpr_whitening.proj"].dtype == torch.float32
     assert Whitening.from_tensors({"w": torch.ones(1)}) is None
     with pytest.raises(ValueError, match="incomplete whitening"):
         Whitening.from_tensors({"vpr_whitening.mean": wh.mean})
@@ -85,7 +91,8 @@ def test_student_weights_carry_whitening_and_loaders_apply_it(tmp_path):
     model, meta = load_vpr_model(path)
     assert meta["descriptor_dim"] == 6 and descriptor_dim(model) == 6
     got = extract_descriptors(model, imgs[:5])
-    want = wh(torch.from_numpy(extract_descriptors(m, imgs[:5]))).numpy()
+    stored = Whitening.from_tensors(wh.to_tensors())             # as kept in the file
+    want = stored(torch.from_numpy(extract_descriptors(m, imgs[:5]))).numpy()
     assert got.shape == (5, 6) and np.allclose(got, want, atol=1e-5)
     bad = Whitening(torch.zeros(raw_dim + 1), torch.zeros(raw_dim + 1, 3))
     save_model(m, path, {"vpr": {"descriptor": "spatial"}}, extra_tensors=bad.to_tensors())
@@ -108,7 +115,8 @@ def test_cnn_map_descriptor_with_whitening(tmp_path):
     assert load_cnn(path).vpr_descriptor == "map"
     model, meta = load_vpr_model(path)
     assert meta["descriptor_dim"] == 5
-    assert torch.allclose(place_descriptor(model, x), wh(z), atol=1e-5)
+    stored = Whitening.from_tensors(wh.to_tensors())
+    assert torch.allclose(place_descriptor(model, x), stored(z), atol=1e-5)
 
 
 def test_unknown_descriptor_mode_refused(tmp_path):
@@ -117,18 +125,6 @@ def test_unknown_descriptor_mode_refused(tmp_path):
     save_cnn(cnn, path, {"vpr": {"descriptor": "mystery"}})
     with pytest.raises(ValueError, match="unknown VPR descriptor mode 'mystery'"):
         load_cnn(path)
-
-
-def _teacher():
-    torch.manual_seed(1)
-    return PlaceCNN(CNNConfig(widths=(4, 8, 8, 8), descriptor_dim=12))
-
-
-def _batch(b=6):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2 * b, 1, 32, 64, generator=g)
-    idx = torch.arange(b) * 10
-    return x[:b], x[b:], idx, idx
 
 
 def test_map_term_uses_the_descriptor_head_when_it_matches_the_teacher():

