@@ -57,7 +57,7 @@ bench-map: setup
 	$(VENV)/bin/vl2spike bench map --json bench/results/map_search.json
 
 bench-node: setup
-	$(PY) -m vl2spike_ros.ros.bench_load --duration $(DURATION) --rate $(RATE) --json bench/results/node_load.json
+	$(PY) -m vl2spike_ros.bench.ros.load --duration $(DURATION) --rate $(RATE) --json bench/results/node_load.json
 
 colcon-check: setup
 	$(PY) -m pytest test/test_colcon_build.py -p no:cacheprovider

@@ -1,4 +1,4 @@
-"""End-to-end tests of ``vl2spike demo`` (vl2spike_ros.ros.demo + cli/cmd_demo.py).
+"""End-to-end tests of ``vl2spike demo`` (vl2spike_ros.bench.ros.demo + cli/cmd_demo.py).
 
 Real Nordland frames, a BN-calibrated random ``spikformer_vpr`` (the packaged default weights
 are not needed), the real ``vpr_node`` subprocess on loopback-only DDS. A few dozen frames per
@@ -28,14 +28,14 @@ LAST_LINE = re.compile(r"demo: recall@1=(\d+\.\d{2}) latency_p95_ms=(\d+\.\d{2})
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory, data_root) -> Path:
-    from vl2spike_ros.ros.fixtures import nordland_frames, random_weights
+    from vl2spike_ros.bench.ros.fixtures import nordland_frames, random_weights
 
     calib = nordland_frames(data_root, "summer", start=0, count=32, step=5)
     return random_weights(tmp_path_factory.mktemp("demo_weights"), calib)
 
 
 def _heldout_start(data_root: Path, train_frac: float = 0.6) -> int:
-    from vl2spike_ros.vpr.datasets import list_images, nordland_split_range
+    from vl2spike_ros.data.datasets import list_images, nordland_split_range
 
     n = len(list_images(data_root / "nordland" / "winter"))
     return nordland_split_range(n, "test", train_frac)[0]
@@ -69,7 +69,7 @@ def check_report(report: dict, out: Path, frames: int, first_frame: int) -> None
 @slow
 def test_run_demo_library(tmp_path, data_root, weights):
     from vl2spike_ros.io.bags import read_image_bag
-    from vl2spike_ros.ros.demo import DemoConfig, run_demo
+    from vl2spike_ros.bench.ros.demo import DemoConfig, run_demo
     from vl2spike_ros.vpr.placemap import PlaceMap
 
     env_before = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "ROS_LOG_DIR")}
@@ -116,7 +116,7 @@ def test_cli_demo_without_nordland(tmp_path, ros_env):
 
 def test_missing_default_weights_names_the_build_command(tmp_path, monkeypatch):
     import vl2spike_ros.models as models
-    from vl2spike_ros.ros.demo import DemoConfig, run_demo
+    from vl2spike_ros.bench.ros.demo import DemoConfig, run_demo
 
     for season in ("winter", "summer"):
         (tmp_path / "data" / "nordland" / season).mkdir(parents=True)
@@ -131,7 +131,7 @@ def test_missing_default_weights_names_the_build_command(tmp_path, monkeypatch):
 @pytest.mark.parametrize("bad", [{"limit": 0}, {"rate_hz": -1.0}, {"storage": "zip"},
                                  {"tolerance": -1}])
 def test_bad_settings_are_refused(tmp_path, bad):
-    from vl2spike_ros.ros.demo import DemoConfig
+    from vl2spike_ros.bench.ros.demo import DemoConfig
 
     with pytest.raises(ValueError, match=f"invalid demo setting.*{next(iter(bad))}"):
         DemoConfig(out_dir=tmp_path, **bad)
@@ -140,7 +140,7 @@ def test_bad_settings_are_refused(tmp_path, bad):
 @slow
 def test_node_dying_at_startup_reports_its_log(tmp_path, weights):
     from vl2spike_ros.io.bags import write_image_bag
-    from vl2spike_ros.ros.demo import DemoConfig, run_node
+    from vl2spike_ros.bench.ros.demo import DemoConfig, run_node
 
     bag = tmp_path / "bag"
     write_image_bag(bag, [np.full((32, 64, 3), 100, np.uint8)] * 3, encoding="rgb8")

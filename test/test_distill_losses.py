@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vl2spike_ros.distill.config import (
+from vl2spike_ros.train.config import (
     KDConfig, SPLConfig, SVSAlignConfig, SVSTemporalConfig, config_from_dict, load_config,
     parse_overrides,
 )
-from vl2spike_ros.distill.losses import (
+from vl2spike_ros.train.losses import (
     LogitKDLoss, SPLLoss, SVSAlignLoss, SVSTemporalLoss, ramp_weight, relational_kl,
 )
 

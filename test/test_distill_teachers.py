@@ -21,7 +21,7 @@ def clip_ckpt(tmp_path_factory):
 def test_openclip_teacher_loads_local_checkpoint(clip_ckpt):
     import open_clip
 
-    from vl2spike_ros.distill.teachers import OpenCLIPTeacher
+    from vl2spike_ros.train.teachers import OpenCLIPTeacher
 
     teacher = OpenCLIPTeacher(TINY_CLIP, pretrained=str(clip_ckpt))
     img = torch.rand(3, 3, 40, 40)  # resized to the model's 32x32 by .preprocess
@@ -43,7 +43,7 @@ def test_openclip_teacher_loads_local_checkpoint(clip_ckpt):
 
 
 def test_openclip_missing_checkpoint_fails_fast(tmp_path):
-    from vl2spike_ros.distill.teachers import OpenCLIPTeacher
+    from vl2spike_ros.train.teachers import OpenCLIPTeacher
 
     t0 = time.time()
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
@@ -56,7 +56,7 @@ def test_openclip_missing_checkpoint_fails_fast(tmp_path):
 
 
 def test_openclip_offline_hub_error(monkeypatch):
-    from vl2spike_ros.distill.teachers import OpenCLIPTeacher
+    from vl2spike_ros.train.teachers import OpenCLIPTeacher
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError):
@@ -64,7 +64,7 @@ def test_openclip_offline_hub_error(monkeypatch):
 
 
 def test_proxy_teacher_text_side_and_tower_roundtrip(tmp_path):
-    from vl2spike_ros.distill.teachers import (
+    from vl2spike_ros.train.teachers import (
         ProxyImageTower, ProxyTeacher, load_proxy_tower, save_proxy_tower,
     )
 
@@ -86,7 +86,7 @@ def test_proxy_teacher_text_side_and_tower_roundtrip(tmp_path):
 
 
 def test_proxy_missing_weights(tmp_path):
-    from vl2spike_ros.distill.teachers import build_teacher, load_proxy_tower
+    from vl2spike_ros.train.teachers import build_teacher, load_proxy_tower
 
     with pytest.raises(FileNotFoundError, match="vl2spike teacher train"):
         load_proxy_tower(tmp_path / "missing.safetensors")
@@ -95,7 +95,7 @@ def test_proxy_missing_weights(tmp_path):
 
 
 def test_packaged_proxy_teacher_metadata():
-    from vl2spike_ros.distill.teachers import PROXY_ASSET, load_proxy_tower
+    from vl2spike_ros.train.teachers import PROXY_ASSET, load_proxy_tower
 
     if not PROXY_ASSET.is_file():
         pytest.skip("packaged proxy teacher not built (vl2spike teacher train)")

@@ -23,9 +23,9 @@ def _state(model):
 
 
 def test_end_to_end_checkpoint_and_frozen_teacher(tiny, tmp_path):
-    from vl2spike_ros.distill import trainer
-    from vl2spike_ros.distill.config import config_from_dict
-    from vl2spike_ros.distill.teachers import OpenCLIPTeacher
+    from vl2spike_ros.train import trainer
+    from vl2spike_ros.train.config import config_from_dict
+    from vl2spike_ros.train.teachers import OpenCLIPTeacher
     from vl2spike_ros.models import load_model
 
     folder, ckpt = tiny
@@ -46,9 +46,9 @@ def test_end_to_end_checkpoint_and_frozen_teacher(tiny, tmp_path):
 
 
 def test_resume_continues_from_saved_step(tiny, tmp_path):
-    from vl2spike_ros.distill.checkpoint import read_state_json
-    from vl2spike_ros.distill.config import config_from_dict
-    from vl2spike_ros.distill.trainer import run_distill
+    from vl2spike_ros.train.checkpoint import read_state_json
+    from vl2spike_ros.train.config import config_from_dict
+    from vl2spike_ros.train.trainer import run_distill
 
     folder, ckpt = tiny
     d = tiny_distill_dict(folder, ckpt)
@@ -64,7 +64,7 @@ def test_resume_continues_from_saved_step(tiny, tmp_path):
 
 
 def test_resume_without_checkpoint_errors_cleanly(tiny, tmp_path):
-    from vl2spike_ros.distill.checkpoint import load_checkpoint
+    from vl2spike_ros.train.checkpoint import load_checkpoint
 
     with pytest.raises(FileNotFoundError, match="no train_state.json"):
         load_checkpoint(tmp_path, None, None, None, None)
@@ -82,8 +82,8 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> N
     import torch.distributed as dist
     from safetensors.torch import save_file
 
-    from vl2spike_ros.distill.config import config_from_dict
-    from vl2spike_ros.distill.trainer import run_distill
+    from vl2spike_ros.train.config import config_from_dict
+    from vl2spike_ros.train.trainer import run_distill
 
     res = run_distill(config_from_dict(cfg_dict), out)
     state = {k: v.detach().contiguous() for k, v in res.student.state_dict().items()}

@@ -9,14 +9,7 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based.op_counter import DispatchCounterMode, SynOpCounter
 
-from vl2spike_ros.energy import (
-    E_AC_PJ,
-    E_MAC_PJ,
-    energy_mj,
-    spike_count_rules,
-    student_energy,
-    teacher_energy,
-)
+from vl2spike_ros.energy import E_AC_PJ, E_MAC_PJ, energy_mj, spike_count_rules, student_energy, teacher_energy
 from vl2spike_ros.models import calibrate_bn, create_model
 
 
@@ -107,7 +100,7 @@ def test_teacher_macs_include_attention():
 
 
 def test_resolve_student_rejects_wrong_variant(tmp_path):
-    from vl2spike_ros.energy import resolve_student
+    from vl2spike_ros.bench.energy import resolve_student
     from vl2spike_ros.models import save_model
 
     path = save_model(create_model("spikformer_vpr"), tmp_path / "w.safetensors")

@@ -30,7 +30,7 @@ from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
 from vl2spike_ros.io.images import (array_to_compressed_msg, array_to_image_msg,  # noqa: E402
                                     compressed_msg_to_array)
-from vl2spike_ros.ros import fixtures  # noqa: E402
+from vl2spike_ros.bench.ros import fixtures  # noqa: E402
 from vl2spike_ros.ros.messages import FLAG_ACCEPTED, FLAG_BEST, unpack_candidates  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.data, pytest.mark.slow]
@@ -483,7 +483,7 @@ def test_load_benchmark_smoke(tmp_path, data_root, ros_env):
     import json
 
     out = tmp_path / "node_load.json"
-    cmd = [sys.executable, "-m", "vl2spike_ros.ros.bench_load", "--duration", "2", "--rate", "10",
+    cmd = [sys.executable, "-m", "vl2spike_ros.bench.ros.load", "--duration", "2", "--rate", "10",
            "--places", "12", "--json", str(out), "--data-root", str(data_root)]
     res = subprocess.run(cmd, env={**os.environ, **ros_env}, capture_output=True, text=True,
                          timeout=300)

@@ -132,7 +132,7 @@ def test_proc_readers_of_the_load_benchmark():
     import os
     import time
 
-    from vl2spike_ros.ros.harness import proc_cpu_s, proc_mem_mb
+    from vl2spike_ros.bench.ros.harness import proc_cpu_s, proc_mem_mb
 
     c0 = proc_cpu_s(os.getpid())
     t = time.process_time()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vl2spike_ros.vpr.baselines import hog_descriptors, patch_normalise, sad_similarity
-from vl2spike_ros.vpr.datasets import (list_images, load_nordland, load_vpr_methods,
+from vl2spike_ros.data.datasets import (list_images, load_nordland, load_vpr_methods,
                                        nordland_split_range, parse_utm)
 
 
@@ -59,8 +59,8 @@ def test_nordland_hog_beats_chance(data_root):
 
 
 def test_training_resumes_from_checkpoint(tmp_path):
-    from vl2spike_ros.vpr.cnn import CNNConfig, PlaceCNN, load_cnn, save_cnn
-    from vl2spike_ros.vpr.train import TrainConfig, train_descriptor
+    from vl2spike_ros.models.cnn import CNNConfig, PlaceCNN, load_cnn, save_cnn
+    from vl2spike_ros.train.vpr_train import TrainConfig, train_descriptor
 
     torch.manual_seed(0)
     a = torch.randn(16, 1, 32, 64)

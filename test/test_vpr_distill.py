@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from vl2spike_ros.models import calibrate_bn, create_model, save_model
-from vl2spike_ros.vpr.cnn import CNNConfig, PlaceCNN, load_cnn, save_cnn
+from vl2spike_ros.models.cnn import CNNConfig, PlaceCNN, load_cnn, save_cnn
 from vl2spike_ros.vpr.descriptors import extract_descriptors, normalise, preprocess
-from vl2spike_ros.vpr.distill_vpr import SpikeVPRLoss, SVSWeights
+from vl2spike_ros.train.vpr_losses import SpikeVPRLoss, SVSWeights
 
 
 def _student():
@@ -124,7 +124,7 @@ def test_input_norm_travels_with_the_weights(tmp_path):
 
 
 def test_relational_within_view_ignores_cross_view_pairs():
-    from vl2spike_ros.distill.losses import relational_kl
+    from vl2spike_ros.train.losses import relational_kl
 
     g = torch.Generator().manual_seed(3)
     z, t = torch.randn(8, 5, generator=g), torch.randn(8, 6, generator=g)
@@ -143,8 +143,8 @@ def test_unknown_or_misfitting_norm_in_cnn_weights_is_refused(tmp_path):
 
 
 def test_student_and_teacher_must_share_the_input_norm(tmp_path):
-    from vl2spike_ros.vpr.recipes import train_student
-    from vl2spike_ros.vpr.train import TrainConfig
+    from vl2spike_ros.train.recipes import train_student
+    from vl2spike_ros.train.vpr_train import TrainConfig
 
     save_cnn(_teacher().eval(), tmp_path / "t.safetensors", {"vpr": {"input_norm": "patch8"}})
     with pytest.raises(ValueError, match="one norm"):

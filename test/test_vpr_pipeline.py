@@ -52,7 +52,7 @@ def test_replay_matches_eval(setup):
     from vl2spike_ros.vpr.evaluation import correct_by_frames
     from vl2spike_ros.vpr.pipeline import load_vpr_model
     from vl2spike_ros.vpr.runner import model_method, rank
-    from vl2spike_ros.vpr.sources import load_source
+    from vl2spike_ros.data.sources import load_source
 
     tmp, w, db, q = setup
     info = build_map_from_source(str(db), str(tmp / "map"), weights=str(w))
@@ -77,7 +77,7 @@ def test_pipeline_sequence_mode_equals_batch(setup):
     from vl2spike_ros.vpr.descriptors import extract_descriptors
     from vl2spike_ros.vpr.matching import sequence_scores
     from vl2spike_ros.vpr.pipeline import VPRPipeline
-    from vl2spike_ros.vpr.sources import load_source
+    from vl2spike_ros.data.sources import load_source
 
     tmp, w, db, q = setup
     from vl2spike_ros.cli.cmd_map import build_map_from_source
@@ -108,7 +108,7 @@ def test_spatial_descriptor_mode(setup):
     from vl2spike_ros.cli.cmd_map import build_map_from_source
     from vl2spike_ros.vpr.descriptors import extract_descriptors
     from vl2spike_ros.vpr.pipeline import VPRPipeline, load_vpr_model
-    from vl2spike_ros.vpr.sources import load_source
+    from vl2spike_ros.data.sources import load_source
 
     tmp, w_pooled, db, q = setup
     w = _tiny_weights(tmp / "spatial.safetensors", descriptor="spatial")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vl2spike_ros.models import create_model, save_model
-from vl2spike_ros.vpr.recipes import last_val_r1, select_default
+from vl2spike_ros.train.recipes import last_val_r1, select_default
 
 
 def _weights(path, seed, val):
@@ -43,7 +43,7 @@ def test_weights_without_validation_history_are_refused(tmp_path):
 
 
 def test_model_card_names_the_benchmarked_row(tmp_path):
-    from vl2spike_ros.vpr.model_card import method_of
+    from vl2spike_ros.bench.model_card import method_of
     from vl2spike_ros.vpr.pipeline import load_vpr_model
 
     a = _weights(tmp_path / "a.safetensors", 0, (1.0, 1.0))

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from vl2spike_ros.models import create_model, load_extra_tensors, load_model, save_model
-from vl2spike_ros.vpr.cnn import CNNConfig, PlaceCNN, load_cnn, save_cnn
+from vl2spike_ros.models.cnn import CNNConfig, PlaceCNN, load_cnn, save_cnn
 from vl2spike_ros.vpr.descriptors import descriptor_dim, extract_descriptors, place_descriptor
-from vl2spike_ros.vpr.distill_vpr import SpikeVPRLoss, SVSWeights
+from vl2spike_ros.train.vpr_losses import SpikeVPRLoss, SVSWeights
 from vl2spike_ros.vpr.pipeline import load_vpr_model
 from vl2spike_ros.vpr.whitening import Whitening, fit_whitening, split_whitening
 
@@ -162,8 +162,8 @@ def _tiny_nordland(root, n=40):
 def test_whiten_weights_fits_on_training_places_and_selection_uses_it(tmp_path):
     import json
 
-    from vl2spike_ros.vpr.recipes import last_val_r1
-    from vl2spike_ros.vpr.whiten_weights import whiten_weights
+    from vl2spike_ros.train.recipes import last_val_r1
+    from vl2spike_ros.train.whiten import whiten_weights
 
     _tiny_nordland(tmp_path / "nordland")
     torch.manual_seed(0)
@@ -237,7 +237,7 @@ def test_stem_descriptor_equals_the_stage_output_of_the_full_forward(tmp_path):
 
 def test_bench_hog_whitened_reference_is_fitted_on_training_places(tmp_path):
     from vl2spike_ros.bench.vpr import _hog_whitened
-    from vl2spike_ros.vpr.datasets import load_nordland
+    from vl2spike_ros.data.datasets import load_nordland
 
     _tiny_nordland(tmp_path / "nordland", n=40)
     method = _hog_whitened(tmp_path / "nordland")

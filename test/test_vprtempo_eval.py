@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vl2spike_ros.bench import vpr as bench_vpr
-from vl2spike_ros.vpr.nordland_bench import (DIRECTIONS, curves_to_json, evaluate_method,
+from vl2spike_ros.bench.nordland import (DIRECTIONS, curves_to_json, evaluate_method,
                                              evaluate_similarity, markdown_table,
                                              precomputed_result)
 from vl2spike_ros.vpr.evaluation import pr_auc

@@ -8,8 +8,8 @@ the package's ``VPRTempo`` inference modules. The output-layer activations of al
 concatenated, are the query x place similarity (higher = more similar), exactly the matrix
 VPRTempo's own ``evaluate`` ranks.
 
-Images come from ``vl2spike_ros.vpr.datasets.load_nordland`` and metrics from
-``vl2spike_ros.vpr.nordland_bench.evaluate_similarity`` (the repository is put on ``sys.path``;
+Images come from ``vl2spike_ros.data.datasets.load_nordland`` and metrics from
+``vl2spike_ros.bench.nordland.evaluate_similarity`` (the repository is put on ``sys.path``;
 those modules need only numpy/opencv), so protocol and metrics are those of every other method
 in ``vl2spike bench vpr``. Outputs:
 
@@ -199,7 +199,7 @@ def result_json(runs: dict, s: Settings, seq_len: int, root: Path, threads: int)
 
     import torch
 
-    from vl2spike_ros.vpr.nordland_bench import curves_to_json, evaluate_similarity
+    from vl2spike_ros.bench.nordland import curves_to_json, evaluate_similarity
 
     res, curves = evaluate_similarity({d: r["sim"] for d, r in runs.items()},
                                       {d: r["query_seconds"] for d, r in runs.items()},
@@ -254,7 +254,7 @@ def _run(ns) -> int:
 
     from vl2spike_ros.atomic import write_json_atomic
     from vl2spike_ros.paths import nordland_root
-    from vl2spike_ros.vpr.datasets import load_nordland
+    from vl2spike_ros.data.datasets import load_nordland
 
     torch.set_num_threads(ns.threads)
     dims = tuple(int(v) for v in ns.dims.split(","))

@@ -52,8 +52,8 @@ def _load_bench(path: str | Path) -> dict[str, Any]:
 def _one_run(base: dict, overrides: dict, out: str) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING)
-    from vl2spike_ros.distill.config import config_from_dict
-    from vl2spike_ros.distill.trainer import run_distill
+    from vl2spike_ros.train.config import config_from_dict
+    from vl2spike_ros.train.trainer import run_distill
 
     cfg = config_from_dict(base, overrides)
     t0 = time.time()
@@ -66,10 +66,10 @@ def _teacher_side(base: dict, cache_dir: Path) -> dict[str, Any]:
     """Teacher zero-shot top-1 on the bench test subset + its energy; fills the feature cache."""
     import torch
 
-    from vl2spike_ros.distill.config import config_from_dict
-    from vl2spike_ros.distill.datasets import build_data
-    from vl2spike_ros.distill.features import cached_features
-    from vl2spike_ros.distill.teachers import build_teacher
+    from vl2spike_ros.train.config import config_from_dict
+    from vl2spike_ros.train.distill_data import build_data
+    from vl2spike_ros.train.features import cached_features
+    from vl2spike_ros.train.teachers import build_teacher
     from vl2spike_ros.energy import teacher_energy
 
     cfg = config_from_dict(base)

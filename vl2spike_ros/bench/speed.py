@@ -118,7 +118,7 @@ def _frames(data_root: str | None, n: int):
     """Real Nordland frames (uint8 [n,32,64]) if the data is there, else seeded noise."""
     import numpy as np
 
-    from vl2spike_ros.energy import load_nordland_frames
+    from vl2spike_ros.bench.energy import load_nordland_frames
     from vl2spike_ros.paths import data_root as _root
 
     root = Path(data_root) if data_root else _root(required=False)
@@ -183,7 +183,7 @@ def run_speed(variants: list[str], weights: str | None = None, clip_arch: str = 
     import torch
     from tqdm import tqdm
 
-    from vl2spike_ros.energy import ClipImageTower, student_input, teacher_input
+    from vl2spike_ros.bench.energy import ClipImageTower, student_input, teacher_input
 
     if not variants:
         raise ValueError("no student variants given")

@@ -64,7 +64,7 @@ def load_vprtempo(path: str | Path | None, seq_len: int,
     """
     import json
 
-    from vl2spike_ros.vpr.nordland_bench import precomputed_result
+    from vl2spike_ros.bench.nordland import precomputed_result
 
     if path is None and not VPRTEMPO_JSON.is_file():
         why = (f"not run: VPRTempo needs its own venv and CPU training; run `make "
@@ -84,7 +84,7 @@ def load_vprtempo(path: str | Path | None, seq_len: int,
 
 def _train(ns, root, wdir: Path) -> dict:
     """Retrain teacher, direct and distilled students with the shipped recipes (resumable)."""
-    from vl2spike_ros.cli.cmd_vpr import main_train
+    from vl2spike_ros.train.vpr_all import main_train
 
     return main_train(root, wdir, ns.vl2spike_weights, None, ns.ckpt_dir)
 
@@ -96,9 +96,9 @@ def _hog_whitened(root: Path, val_frac: float = 0.1):
     import torch
 
     from vl2spike_ros.vpr.baselines import cosine_similarity, hog_descriptors
-    from vl2spike_ros.vpr.datasets import load_nordland
+    from vl2spike_ros.data.datasets import load_nordland
     from vl2spike_ros.vpr.runner import Method
-    from vl2spike_ros.vpr.whiten_weights import WHITEN_DIM, WHITEN_SHRINK
+    from vl2spike_ros.train.whiten import WHITEN_DIM, WHITEN_SHRINK
     from vl2spike_ros.vpr.whitening import fit_whitening
 
     s, w = (load_nordland(root, season, "train")[0] for season in ("summer", "winter"))
@@ -143,8 +143,8 @@ def _handler(ns) -> int:
 
     from vl2spike_ros.atomic import write_bytes_atomic, write_json_atomic
     from vl2spike_ros.paths import nordland_root
-    from vl2spike_ros.vpr.datasets import load_nordland
-    from vl2spike_ros.vpr.nordland_bench import (evaluate_method, markdown_table, model_energy,
+    from vl2spike_ros.data.datasets import load_nordland
+    from vl2spike_ros.bench.nordland import (evaluate_method, markdown_table, model_energy,
                                                  plot_curves)
 
     import torch
@@ -196,7 +196,7 @@ def _handler(ns) -> int:
     plot_curves(curves, Path(ns.plot) if ns.plot else out.with_name(out.stem + "_pr.png"))
     if ns.model_card:
         from vl2spike_ros.models import default_vpr_weights
-        from vl2spike_ros.vpr.model_card import write_model_card
+        from vl2spike_ros.bench.model_card import write_model_card
         write_model_card(ns.model_card, res, default_vpr_weights())
     print(md)
     return 0

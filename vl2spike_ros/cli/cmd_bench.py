@@ -1,19 +1,19 @@
 """``vl2spike bench <name>``: benchmarks (not tests).
 
-Each benchmark is a module ``vl2spike_ros/bench/<name>.py`` defining ``register(subparsers)``.
+Each benchmark named in :data:`BENCHES` is a module ``vl2spike_ros/bench/<name>.py`` defining
+``register(subparsers)``; the other modules of ``vl2spike_ros.bench`` are their helpers.
 """
 from __future__ import annotations
 
 import importlib
-import pkgutil
+
+BENCHES = ("distill", "energy", "map", "speed", "vpr")
 
 
 def register(subparsers) -> None:
-    import vl2spike_ros.bench as bench_pkg
-
+    """Add ``vl2spike bench`` and one sub-command per benchmark."""
     parser = subparsers.add_parser("bench", help="run a benchmark and write its JSON/plots")
     sub = parser.add_subparsers(dest="bench", metavar="BENCH")
     sub.required = True
-    for info in sorted(pkgutil.iter_modules(bench_pkg.__path__), key=lambda m: m.name):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"vl2spike_ros.bench.{info.name}").register(sub)
+    for name in BENCHES:
+        importlib.import_module(f"vl2spike_ros.bench.{name}").register(sub)

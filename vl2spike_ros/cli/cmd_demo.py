@@ -47,7 +47,7 @@ def summary_line(report: dict) -> str:
 
 
 def _run(ns) -> int:
-    from vl2spike_ros.ros.demo import DemoConfig, run_demo
+    from vl2spike_ros.bench.ros.demo import DemoConfig, run_demo
 
     out = ns.out or Path("out") / time.strftime("demo-%Y%m%d-%H%M%S")
     cfg = DemoConfig(out_dir=out, data_root=ns.data_root, weights=ns.weights, rate_hz=ns.rate,

@@ -18,8 +18,8 @@ def _run(ns) -> int:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from vl2spike_ros.distill.config import load_config, parse_overrides
-    from vl2spike_ros.distill.trainer import run_distill
+    from vl2spike_ros.train.config import load_config, parse_overrides
+    from vl2spike_ros.train.trainer import run_distill
 
     cfg = load_config(ns.config, parse_overrides(ns.overrides))
     res = run_distill(cfg, ns.out, resume=ns.resume)

@@ -33,7 +33,7 @@ def run_eval(db: str, queries: str, weights: str | None = None, method: str = "m
              topic: str | None = None) -> dict:
     """Load both sides, evaluate one method, return the metrics dict (with ``_curve``)."""
     from vl2spike_ros.vpr.runner import baseline_method, evaluate_sets, model_method
-    from vl2spike_ros.vpr.sources import load_source
+    from vl2spike_ros.data.sources import load_source
 
     if tolerance < 0:
         raise ValueError(f"--tolerance must be >= 0, got {tolerance}")

@@ -36,7 +36,7 @@ def build_map_from_source(source: str, out: str, weights: str | None = None,
     from vl2spike_ros.vpr.placemap import META_FILE
 
     from vl2spike_ros.vpr.pipeline import build_map, load_vpr_model
-    from vl2spike_ros.vpr.sources import load_source
+    from vl2spike_ros.data.sources import load_source
 
     if every < 1:
         raise ValueError(f"--every must be >= 1, got {every}")

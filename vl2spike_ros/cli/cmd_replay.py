@@ -34,7 +34,7 @@ def run_replay(bag: str, map_dir: str, weights: str | None = None, topic: str | 
 
     from vl2spike_ros.vpr.pipeline import VPRPipeline
     from vl2spike_ros.vpr.replay import replay_frames, replay_metrics, summarise
-    from vl2spike_ros.vpr.sources import is_bag, load_bag, load_source
+    from vl2spike_ros.data.sources import is_bag, load_bag, load_source
 
     pipe = VPRPipeline(weights, map_dir, top_k=top_k, threshold=threshold, seq_len=seq_len)
     q_xy = None

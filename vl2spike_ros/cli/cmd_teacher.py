@@ -33,8 +33,8 @@ def register(subparsers) -> None:
 def _train(ns) -> int:
     import torch
 
-    from vl2spike_ros.distill.teacher_train import TeacherTrainConfig, train_proxy_teacher
-    from vl2spike_ros.distill.teachers import PROXY_ASSET
+    from vl2spike_ros.train.teacher_train import TeacherTrainConfig, train_proxy_teacher
+    from vl2spike_ros.train.teachers import PROXY_ASSET
     from vl2spike_ros.paths import cifar10_tar
 
     torch.set_num_threads(ns.threads)
@@ -48,9 +48,9 @@ def _train(ns) -> int:
 
 
 def _eval(ns) -> int:
-    from vl2spike_ros.distill.data import load_cifar10_tar
-    from vl2spike_ros.distill.teacher_train import zero_shot_accuracy
-    from vl2spike_ros.distill.teachers import ProxyTeacher
+    from vl2spike_ros.data.cifar import load_cifar10_tar
+    from vl2spike_ros.train.teacher_train import zero_shot_accuracy
+    from vl2spike_ros.train.teachers import ProxyTeacher
     from vl2spike_ros.paths import cifar10_tar
 
     teacher = ProxyTeacher.load(ns.weights)

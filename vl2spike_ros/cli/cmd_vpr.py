@@ -49,7 +49,7 @@ def _whiten(ns) -> int:
 
     from vl2spike_ros.atomic import write_json_atomic
     from vl2spike_ros.paths import nordland_root
-    from vl2spike_ros.vpr.whiten_weights import WHITEN_DIM, WHITEN_SHRINK, whiten_weights
+    from vl2spike_ros.train.whiten import WHITEN_DIM, WHITEN_SHRINK, whiten_weights
 
     torch.set_num_threads(ns.threads)
     root = nordland_root(Path(ns.data_root) / "nordland" if ns.data_root else None)
@@ -69,6 +69,8 @@ def _train(ns) -> int:
 
     torch.set_num_threads(ns.threads)
     root = nordland_root(Path(ns.data_root) / "nordland" if ns.data_root else None)
+    from vl2spike_ros.train.vpr_all import main_train
+
     out = main_train(root, Path(ns.weights_dir), ns.out, ns.teacher, ns.ckpt_dir, ns.what)
     for k, v in out.items():
         if k == "default":
@@ -79,47 +81,3 @@ def _train(ns) -> int:
     if ns.json:
         write_json_atomic(ns.json, out)
     return 0
-
-
-def main_train(root: Path, wdir: Path, out_path: str | None, teacher_path: str | None,
-               ckpt_dir: str, what: str = "all") -> dict:
-    """Train the requested models with the shipped recipes; returns their training summaries."""
-    from vl2spike_ros.models import default_vpr_weights
-    from vl2spike_ros.vpr.recipes import (CONTINUE_TOKEN_DIM, DIRECT_CFG, DISTILL_CFG,
-                                          STUDENT_DESCRIPTOR, TEACHER_CFG, distill_svs,
-                                          select_default, train_student, train_teacher_cnn)
-    from vl2spike_ros.vpr.whiten_weights import whiten_weights
-
-    teacher = Path(teacher_path) if teacher_path else wdir / "vpr_teacher_cnn.safetensors"
-    direct = wdir / "vpr_spikformer_direct.safetensors"
-    control = wdir / "vpr_spikformer_direct_continued.safetensors"
-    distilled = wdir / "vpr_spikformer_distilled.safetensors"
-    out = {}
-    if what in ("all", "teacher"):
-        out["teacher"] = train_teacher_cnn(root, teacher, TEACHER_CFG, ckpt_dir)
-        out["teacher"]["whitening"] = whiten_weights(teacher, root, descriptor="map")
-    if what in ("all", "direct"):
-        out["spikformer"] = train_student(root, direct, DIRECT_CFG, ckpt_dir)
-        out["spikformer"]["whitening"] = whiten_weights(direct, root, descriptor=STUDENT_DESCRIPTOR)
-    needs = {"distilled": ((teacher, "teacher"), (direct, "direct")),
-             "control": ((direct, "direct"),),
-             "select": ((control, "control"), (distilled, "distilled"))}
-    for need, step in needs.get(what, ()):
-        if not need.is_file():
-            raise FileNotFoundError(f"{need} missing: train it first (vl2spike vpr train {step})")
-    if what in ("all", "control"):
-        out["spikformer_continued"] = train_student(
-            root, control, DISTILL_CFG, ckpt_dir, init_from=direct, name="spikformer_continued",
-            token_dim=CONTINUE_TOKEN_DIM)
-        out["spikformer_continued"]["whitening"] = whiten_weights(control, root,
-                                                                  descriptor=STUDENT_DESCRIPTOR)
-    if what in ("all", "distilled"):
-        out["vl2spike"] = train_student(root, distilled, DISTILL_CFG, ckpt_dir,
-                                        teacher_path=teacher, init_from=direct, svs=distill_svs(),
-                                        token_dim=CONTINUE_TOKEN_DIM)
-        out["vl2spike"]["whitening"] = whiten_weights(distilled, root,
-                                                      descriptor=STUDENT_DESCRIPTOR)
-    if what in ("all", "select"):
-        out["default"] = select_default({"spikformer_continued": control, "vl2spike": distilled},
-                                        Path(out_path) if out_path else default_vpr_weights())
-    return out

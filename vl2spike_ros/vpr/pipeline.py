@@ -5,7 +5,7 @@ descriptor -> FAISS search (or dense scores + sequence matching) -> threshold ->
 with latency, firing rate and an energy estimate.
 
 Per-frame energy is cheap: the first processed frame is profiled once with
-:func:`vl2spike_ros.energy.student_energy` (MACs of the first layer, SOPs, spike count); later
+:func:`vl2spike_ros.energy.counting.student_energy` (MACs of the first layer, SOPs, spike count); later
 frames count their spikes with forward hooks and scale: ``E = E_MAC*MACs + E_AC*SOPs_per_spike
 * spikes`` (SOPs per spike taken from the profiled frame).
 """
@@ -52,7 +52,7 @@ def load_vpr_model(weights: str | Path | None = None, device: str = "cpu"):
     jpath = path.with_suffix(".json")
     kind = json.loads(jpath.read_text()).get("kind") if jpath.is_file() else None
     if kind == "cnn":
-        from vl2spike_ros.vpr.cnn import load_cnn
+        from vl2spike_ros.models.cnn import load_cnn
         model = load_cnn(path)
     else:
         from vl2spike_ros.models import read_model_meta

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from vl2spike_ros.distill.data import ArrayImageDataset, ImageArray, load_cifar10_tar
-from vl2spike_ros.distill.teachers import (
+from vl2spike_ros.data.cifar import ArrayImageDataset, ImageArray, load_cifar10_tar
+from vl2spike_ros.train.teachers import (
     DEFAULT_TEMPLATES, ProxyImageTower, ProxyTeacher, save_proxy_tower,
 )
 

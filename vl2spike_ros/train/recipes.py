@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vl2spike_ros.vpr.datasets import load_nordland
+from vl2spike_ros.data.datasets import load_nordland
 from vl2spike_ros.vpr.descriptors import input_norm, place_descriptor, preprocess
 from vl2spike_ros.vpr.evaluation import evaluate_aligned
-from vl2spike_ros.vpr.train import TrainConfig, train_descriptor
+from vl2spike_ros.train.vpr_train import TrainConfig, train_descriptor
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def train_spikformer(root, out_ckpt: Path, cfg: TrainConfig, variant: str = "spi
     model; its parameters are optimised together with the student's.
     """
     from vl2spike_ros.models import create_model
-    from vl2spike_ros.vpr.distill_vpr import SpikeVPRLoss, SVSWeights
+    from vl2spike_ros.train.vpr_losses import SpikeVPRLoss, SVSWeights
 
     model = create_model(variant, **overrides)
     model.vpr_descriptor = descriptor
@@ -137,8 +137,8 @@ def train_teacher_cnn(root, out: str | Path, cfg: TrainConfig, ckpt_dir: str | P
     """Train the ANN (CNN) teacher and save it (safetensors + json). Returns a summary."""
     import time
 
-    from vl2spike_ros.vpr.cnn import CNNConfig, PlaceCNN, save_cnn
-    from vl2spike_ros.vpr.train import seed_everything
+    from vl2spike_ros.models.cnn import CNNConfig, PlaceCNN, save_cnn
+    from vl2spike_ros.train.vpr_train import seed_everything
 
     seed_everything(cfg.seed)
     t0 = time.time()
@@ -166,8 +166,8 @@ def train_student(root, out: str | Path, cfg: TrainConfig, ckpt_dir: str | Path,
     import time
 
     from vl2spike_ros.models import save_model
-    from vl2spike_ros.vpr.cnn import load_cnn
-    from vl2spike_ros.vpr.train import seed_everything
+    from vl2spike_ros.models.cnn import load_cnn
+    from vl2spike_ros.train.vpr_train import seed_everything
 
     seed_everything(cfg.seed)
     teacher = load_cnn(teacher_path) if teacher_path else None
@@ -246,7 +246,7 @@ def distill_svs():
     35.4 % but a looser alignment to the teacher (cos 0.65 vs 0.77), so InfoNCE was left out. Earlier settings on the 8-channel head (InfoNCE + relational
     KL inside each view 35.8 %; + per-token + temporal 12-20 %; whole-batch relational 17.2 %)
     did not beat the control; see docs/ARCHITECTURE.md (VPR)."""
-    from vl2spike_ros.vpr.distill_vpr import SVSWeights
+    from vl2spike_ros.train.vpr_losses import SVSWeights
     return SVSWeights(tok=1.0, cos=0.0, rel=0.0, temporal=0.0, map=1.0, nce=0.0)
 
 

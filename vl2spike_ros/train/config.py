@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from vl2spike_ros.distill.teachers import DEFAULT_TEMPLATES
+from vl2spike_ros.train.teachers import DEFAULT_TEMPLATES
 
 
 @dataclass(frozen=True)

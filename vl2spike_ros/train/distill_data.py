@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vl2spike_ros.distill.config import DataConfig
-from vl2spike_ros.distill.data import (
+from vl2spike_ros.train.config import DataConfig
+from vl2spike_ros.data.cifar import (
     ImageArray, load_cifar10_tar, load_image_folder, split_train_val, stratified_subset,
 )
 

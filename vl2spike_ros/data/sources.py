@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vl2spike_ros.vpr.datasets import load_image_set
+from vl2spike_ros.data.datasets import load_image_set
 
 log = logging.getLogger(__name__)
 BAG_SUFFIXES = (".mcap", ".db3")

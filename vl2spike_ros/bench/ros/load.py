@@ -1,6 +1,6 @@
 """Load benchmark of ``vpr_node``: a camera publisher at a fixed rate against the real node.
 
-    python -m vl2spike_ros.ros.bench_load --duration 60 --rate 30 60 --encoding raw jpeg \\
+    python -m vl2spike_ros.bench.ros.load --duration 60 --rate 30 60 --encoding raw jpeg \\
         --json bench/results/node_load.json
 
 For every (rate, encoding) pair a fresh ``vpr_node`` subprocess is started (loopback-only DDS)
@@ -25,14 +25,14 @@ import numpy as np
 
 from vl2spike_ros.atomic import write_json_atomic
 from vl2spike_ros.ros.env import apply_loopback_env
-from vl2spike_ros.ros.harness import (Prober, proc_cpu_s, proc_mem_mb, publish, start_node,
+from vl2spike_ros.bench.ros.harness import (Prober, proc_cpu_s, proc_mem_mb, publish, start_node,
                                       stop_node, wait_ready)
 
 def camera_frames(data_root: Path, n: int, width: int, height: int) -> list[np.ndarray]:
     """``n`` Nordland winter frames upscaled to ``height x width`` RGB uint8."""
     import cv2
 
-    from vl2spike_ros.ros.fixtures import nordland_frames
+    from vl2spike_ros.bench.ros.fixtures import nordland_frames
 
     small = nordland_frames(data_root, "winter", start=300, count=n, step=3)
     return [cv2.cvtColor(cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR),
@@ -80,7 +80,7 @@ def _drive(prober: Prober, msgs: list[Any], pid: int, rate: float, duration: flo
 def run_one(rate: float, compressed: bool, duration: float, node_params: dict[str, Any],
             msgs: list[Any], env: dict[str, str], workdir: Path) -> dict[str, Any]:
     """One (rate, encoding) run against a fresh node; returns its measurements."""
-    from vl2spike_ros.ros.fixtures import write_params_file
+    from vl2spike_ros.bench.ros.fixtures import write_params_file
 
     tag = f"{rate:g}hz_{'jpeg' if compressed else 'raw'}"
     params = write_params_file(workdir / f"params_{tag}.yaml",
@@ -149,7 +149,7 @@ def plot_runs(runs: list[dict[str, Any]], path: Path) -> None:
 def prepare(workdir: Path, data_root: Path, places: int, weights: str | None,
             map_dir: str | None) -> tuple[Path, Path]:
     """(weights, map folder): given ones, or built from Nordland summer frames."""
-    from vl2spike_ros.ros import fixtures
+    from vl2spike_ros.bench.ros import fixtures
 
     ref = fixtures.nordland_frames(data_root, "summer", start=300, count=places, step=3)
     w = Path(weights) if weights else fixtures.node_weights(workdir, calib_frames=ref)

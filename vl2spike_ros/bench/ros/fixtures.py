@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def nordland_frames(data_root: str | Path, season: str = "summer", start: int = 0,
                     count: int = 16, step: int = 1) -> np.ndarray:
     """Real Nordland frames ``images-NNNNN.png`` (grey) as uint8 ``[count, H, W]``."""
-    from vl2spike_ros.vpr.datasets import list_images, load_images
+    from vl2spike_ros.data.datasets import list_images, load_images
 
     files = list_images(Path(data_root) / "nordland" / season)
     picked = files[start:start + count * step:step]

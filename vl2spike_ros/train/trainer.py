@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from vl2spike_ros.distill import checkpoint as ckpt
-from vl2spike_ros.distill.config import DistillConfig, LossConfig, config_to_dict
-from vl2spike_ros.distill.data import ArrayImageDataset, ImageArray
-from vl2spike_ros.distill.datasets import DistillData, build_data
-from vl2spike_ros.distill.features import cached_features
-from vl2spike_ros.distill.losses import (
+from vl2spike_ros.train import checkpoint as ckpt
+from vl2spike_ros.train.config import DistillConfig, LossConfig, config_to_dict
+from vl2spike_ros.data.cifar import ArrayImageDataset, ImageArray
+from vl2spike_ros.train.distill_data import DistillData, build_data
+from vl2spike_ros.train.features import cached_features
+from vl2spike_ros.train.losses import (
     LogitKDLoss, SPLLoss, SVSAlignLoss, SVSTemporalLoss, zero_shot_logits,
 )
 
@@ -152,7 +152,7 @@ class _TeacherSide:
 
 def _prepare_teacher(cfg: DistillConfig, data: DistillData, device: torch.device,
                      show: bool) -> _TeacherSide:
-    from vl2spike_ros.distill.teachers import build_teacher
+    from vl2spike_ros.train.teachers import build_teacher
 
     tc = cfg.teacher
     if not _needs_teacher(cfg.loss):

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from vl2spike_ros.distill.data import ArrayImageDataset, ImageArray
+from vl2spike_ros.data.cifar import ArrayImageDataset, ImageArray
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,9 @@
 
 :class:`SpikeVPRLoss` = InfoNCE on the place descriptor (same place, other season) plus, when a
 frozen ANN teacher is given, VL2Spike's SVS terms against the teacher, built from the same loss
-modules as CIFAR distillation (:mod:`vl2spike_ros.distill.losses`):
+modules as CIFAR distillation (:mod:`vl2spike_ros.train.losses`):
 
-- ``svs_cos`` (:class:`~vl2spike_ros.distill.losses.SVSAlignLoss`): 1 - cos(proj(spike tokens
+- ``svs_cos`` (:class:`~vl2spike_ros.train.losses.SVSAlignLoss`): 1 - cos(proj(spike tokens
   pooled over time and tokens), teacher descriptor), alignment on the teacher's manifold through
   a learned projector;
 - ``svs_tok`` (VPR-specific, spatial): per-token alignment, 1 - cos(proj_tok(spike rate of token
@@ -15,9 +15,9 @@ modules as CIFAR distillation (:mod:`vl2spike_ros.distill.losses`):
   count as well as directions. Needs a spatial student whose descriptor head maps tokens to the
   teacher's channel count (``descriptor_dim == C``); the head is then the projector of
   ``svs_tok`` as well, so the place descriptor itself lives on the teacher's map manifold;
-- ``svs_rel`` (:func:`~vl2spike_ros.distill.losses.relational_kl`): KL between the batch
+- ``svs_rel`` (:func:`~vl2spike_ros.train.losses.relational_kl`): KL between the batch
   similarity structures of the student's place descriptors and the teacher's descriptors;
-- ``svs_temp_feat/mem/rate`` (:class:`~vl2spike_ros.distill.losses.SVSTemporalLoss`,
+- ``svs_temp_feat/mem/rate`` (:class:`~vl2spike_ros.train.losses.SVSTemporalLoss`,
   warm-started: weight 0 for ``warmup_steps`` optimisation steps, then a linear ramp over
   ``ramp_steps``): per-step pooled features, membrane potentials and spike rates agree with
   their mean over T.
@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vl2spike_ros.distill.config import SVSAlignConfig, SVSTemporalConfig
-from vl2spike_ros.distill.losses import SVSAlignLoss, SVSTemporalLoss, relational_kl
+from vl2spike_ros.train.config import SVSAlignConfig, SVSTemporalConfig
+from vl2spike_ros.train.losses import SVSAlignLoss, SVSTemporalLoss, relational_kl
 from vl2spike_ros.vpr.descriptors import SPATIAL, descriptor_mode, spatial_from_tokens
-from vl2spike_ros.vpr.train import info_nce
+from vl2spike_ros.train.vpr_train import info_nce
 
 
 @dataclass(frozen=True)

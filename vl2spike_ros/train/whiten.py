@@ -26,7 +26,7 @@ def fit_model_whitening(model, root, train_frac: float = 0.6, val_frac: float = 
 
     Leaves ``model.vpr_whitening`` set to the fitted whitening, model in eval mode.
     """
-    from vl2spike_ros.vpr.recipes import describe_tensor, nordland_tensors, split_val, val_recall_fn
+    from vl2spike_ros.train.recipes import describe_tensor, nordland_tensors, split_val, val_recall_fn
 
     cfg = model.config
     a, b = nordland_tensors(root, "train", train_frac, tuple(cfg.img_size), int(cfg.in_chans),
@@ -73,7 +73,7 @@ def whiten_weights(weights: str | Path, root, out: str | Path | None = None,
     vpr = meta.setdefault("vpr", {})
     vpr.update({"descriptor": descriptor_mode(model), "whitening": report})
     if is_cnn:
-        from vl2spike_ros.vpr.cnn import save_cnn
+        from vl2spike_ros.models.cnn import save_cnn
         save_cnn(model, out, meta, extra_tensors=whitening.to_tensors())
     else:
         from vl2spike_ros.models import save_model

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from vl2spike_ros.atomic import write_json_atomic
-from vl2spike_ros.ros.harness import Prober, publish, start_node, stop_node, wait_ready
+from vl2spike_ros.bench.ros.harness import Prober, publish, start_node, stop_node, wait_ready
 from vl2spike_ros.ros.env import apply_loopback_env
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def nordland_dir(data_root: Path | None) -> Path:
 def load_heldout(nordland: Path, train_frac: float, limit: int | None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(winter grey [N,H,W], summer RGB [N,H,W,3], place index [N]) of the held-out segment."""
-    from vl2spike_ros.vpr.datasets import list_images, load_images, nordland_split_range
+    from vl2spike_ros.data.datasets import list_images, load_images, nordland_split_range
 
     winter, summer = list_images(nordland / "winter"), list_images(nordland / "summer")
     if len(winter) != len(summer):
@@ -257,7 +257,7 @@ def _session(cfg: DemoConfig, proc: subprocess.Popen, msgs: list[Any], bag_stamp
 def run_node(cfg: DemoConfig, weights: Path, map_dir: Path, bag: Path,
              timings: dict[str, float]) -> dict[str, Any]:
     """Replay ``bag`` through a real ``vpr_node``; returns what was sent and received."""
-    from vl2spike_ros.ros.fixtures import write_params_file
+    from vl2spike_ros.bench.ros.fixtures import write_params_file
 
     params = {"weights": str(weights), "map_dir": str(map_dir), "image_topic": "image",
               "top_k": cfg.top_k, "sequence_length": cfg.seq_len, "num_threads": 1,

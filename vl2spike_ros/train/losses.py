@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vl2spike_ros.distill.config import KDConfig, SPLConfig, SVSAlignConfig, SVSTemporalConfig
+from vl2spike_ros.train.config import KDConfig, SPLConfig, SVSAlignConfig, SVSTemporalConfig
 
 
 def make_projector(kind: str, d_in: int, d_out: int, hidden: int) -> nn.Module:

@@ -1,0 +1,1 @@
+"""ROS test harness, demo, fixtures and load bench (imports rclpy)."""

@@ -1,0 +1,1 @@
+"""Datasets and frame sources (no ROS imports, nothing from train/)."""

@@ -1,1 +1,0 @@
-"""vl2spike_ros.distill (no ROS imports)."""

@@ -1,0 +1,1 @@
+"""vl2spike_ros.train (no ROS imports)."""
