@@ -1,5 +1,8 @@
-"""Helpers for the distillation tests: a tiny randomly initialised open_clip model saved as a
-local checkpoint, tiny image folders and tiny distill configs."""
+"""Helpers for the distillation tests.
+
+A tiny randomly initialised open_clip model saved as a local checkpoint, tiny image folders
+and tiny distill configs.
+"""
 from __future__ import annotations
 
 import json
@@ -32,7 +35,8 @@ def tiny_clip_checkpoint(tmp: Path, seed: int = 0) -> Path:
     return path
 
 
-def tiny_image_folder(root: Path, classes=("cat", "dog"), per_class: int = 8, seed: int = 0) -> Path:
+def tiny_image_folder(root: Path, classes=("cat", "dog"), per_class: int = 8,
+                      seed: int = 0) -> Path:
     """``root/<class>/<i>.png`` random 32x32 images with a class-dependent mean colour."""
     rng = np.random.default_rng(seed)
     for ci, c in enumerate(classes):
@@ -44,7 +48,7 @@ def tiny_image_folder(root: Path, classes=("cat", "dog"), per_class: int = 8, se
 
 
 def tiny_distill_dict(folder: Path, ckpt: Path, **loss) -> dict:
-    """A distill config dict for a few CPU steps on ``folder`` with the tiny CLIP teacher."""
+    """Return a distill config dict for a few CPU steps on ``folder`` (tiny CLIP teacher)."""
     return {
         "model": "spikformer_cifar",
         "model_overrides": {"embed_dim": 32, "num_heads": 2, "depth": 1, "T": 2},

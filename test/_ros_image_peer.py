@@ -18,7 +18,7 @@ import numpy as np
 
 
 def expected_image(seed: int, h: int, w: int) -> np.ndarray:
-    """The image the test publishes: [h, w, 3] uint8, deterministic."""
+    """Return the image the test publishes: [h, w, 3] uint8, deterministic."""
     return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
 
 
@@ -43,7 +43,8 @@ def _echo_node(ctx, in_topic: str, out_topic: str, expected: np.ndarray, stop: d
             stop.update(flag=True, code=3)
             return
         row = arr.shape[1] * 3
-        out = array_to_image_msg(arr, "bgr8", Image, stamp_ns=stamp_ns(msg), frame_id="peer", step=row + 3)
+        out = array_to_image_msg(arr, "bgr8", Image, stamp_ns=stamp_ns(msg), frame_id="peer",
+                                 step=row + 3)
         pub.publish(out)
         echoed["n"] += 1
         print(f"PEER_ECHO {echoed['n']}", flush=True)

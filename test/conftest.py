@@ -27,13 +27,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def ros_env() -> dict[str, str]:
-    """The loopback-only ROS environment, for subprocesses: ``env={**os.environ, **ros_env}``."""
+    """Return the loopback-only ROS environment (subprocesses: ``{**os.environ, **ros_env}``)."""
     return dict(ROS_ENV)
 
 
 @pytest.fixture()
 def rclpy_context(ros_env):
-    """A fresh rclpy context, shut down after the test."""
+    """Yield a fresh rclpy context, shut down after the test."""
     rclpy = pytest.importorskip("rclpy")
     ctx = rclpy.context.Context()
     rclpy.init(context=ctx)

@@ -8,6 +8,7 @@ import pytest
 
 from vl2spike_ros.io import bags
 from vl2spike_ros.io.bags import (
+    BagWriteOptions,
     bag_info,
     interpolate_poses,
     latlon_to_local,
@@ -45,8 +46,8 @@ def _poses(n):
 def test_raw_roundtrip_with_poses(tmp_path, storage, pose_type):
     frames = _frames()
     out = tmp_path / "bag"
-    summary = write_image_bag(out, iter(frames), storage=storage, rate_hz=20.0, start_ns=START,
-                              poses=_poses(len(frames)), pose_type=pose_type)
+    opts = BagWriteOptions(storage=storage, rate_hz=20.0, start_ns=START, pose_type=pose_type)
+    summary = write_image_bag(out, iter(frames), opts, poses=_poses(len(frames)))
     assert summary.frames == 6 and summary.poses == 6 and summary.end_ns == START + 5 * 50_000_000
     topics = list_topics(out)
     assert topics["/camera/image_raw"] == ("sensor_msgs/msg/Image", 6)
@@ -71,9 +72,11 @@ def test_raw_roundtrip_with_poses(tmp_path, storage, pose_type):
 def test_compressed_roundtrip(tmp_path, storage, fmt, exact):
     frames = _frames(4, channels=3) + _frames(2, channels=1)  # encoding may vary per frame
     out = tmp_path / "c"
-    write_image_bag(out, frames, storage=storage, compressed=True, compressed_format=fmt, quality=95,
-                    start_ns=START)
-    assert list_topics(out) == {"/camera/image_raw/compressed": ("sensor_msgs/msg/CompressedImage", 6)}
+    write_image_bag(out, frames, BagWriteOptions(storage=storage, compressed=True,
+                                                 compressed_format=fmt, quality=95,
+                                                 start_ns=START))
+    assert list_topics(out) == {
+        "/camera/image_raw/compressed": ("sensor_msgs/msg/CompressedImage", 6)}
     got = list(read_image_bag(out, topic="/camera/image_raw/compressed"))
     assert len(got) == 6
     for g, f in zip(got, frames):
@@ -87,31 +90,33 @@ def test_compressed_roundtrip(tmp_path, storage, fmt, exact):
 def test_navsatfix_to_local_metres(tmp_path):
     # 0.001 deg north ~ 111.2 m; 0.001 deg east at 60 deg N ~ 55.6 m
     fixes = [(60.0, 10.0, 5.0), (60.001, 10.0, 5.0), (60.001, 10.001, 7.0)]
-    write_image_bag(tmp_path / "g", _frames(3), poses=fixes, pose_type="navsatfix", pose_topic="/fix",
-                    start_ns=START, storage="sqlite3")
+    write_image_bag(tmp_path / "g", _frames(3), BagWriteOptions(
+        pose_type="navsatfix", pose_topic="/fix", start_ns=START, storage="sqlite3"), fixes)
     stamps, xyz, quat = read_poses(tmp_path / "g", "/fix")
     deg = 6_371_000.0 * math.pi / 180 * 0.001
-    np.testing.assert_allclose(xyz, [[0, 0, 0], [0, deg, 0], [deg * 0.5, deg, 2.0]], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(xyz, [[0, 0, 0], [0, deg, 0], [deg * 0.5, deg, 2.0]],
+                               rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(quat, [[0, 0, 0, 1]] * 3)
     # across the antimeridian: 179.9995 E is 0.001 deg west of 179.9995 W, not 359.999 deg east
-    assert latlon_to_local([0.0], [179.9995], [0.0], origin=(0.0, -179.9995, 0.0))[0, 0] == pytest.approx(
-        -6_371_000.0 * math.radians(0.001))
+    east = latlon_to_local([0.0], [179.9995], [0.0], origin=(0.0, -179.9995, 0.0))[0, 0]
+    assert east == pytest.approx(-6_371_000.0 * math.radians(0.001))
 
 
 def test_refuses_to_overwrite_and_overwrites_when_asked(tmp_path):
     out = tmp_path / "bag"
-    write_image_bag(out, _frames(2), start_ns=START)
+    write_image_bag(out, _frames(2), BagWriteOptions(start_ns=START))
     with pytest.raises(FileExistsError, match="exists already"):
-        write_image_bag(out, _frames(5), start_ns=START)
+        write_image_bag(out, _frames(5), BagWriteOptions(start_ns=START))
     assert list_topics(out)["/camera/image_raw"].count == 2
-    write_image_bag(out, _frames(5), start_ns=START, overwrite=True, storage="sqlite3")
+    write_image_bag(out, _frames(5),
+                    BagWriteOptions(start_ns=START, overwrite=True, storage="sqlite3"))
     assert list_topics(out)["/camera/image_raw"].count == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bag"]
 
 
 def test_failed_write_leaves_nothing(tmp_path):
     out = tmp_path / "bag"
-    write_image_bag(out, _frames(2), start_ns=START)
+    write_image_bag(out, _frames(2), BagWriteOptions(start_ns=START))
 
     def bad_frames():
         yield from _frames(2)
@@ -119,7 +124,7 @@ def test_failed_write_leaves_nothing(tmp_path):
         yield np.zeros((4, 4, 2, 2), np.uint8)  # ...and this one is not an image at all
 
     with pytest.raises(ValueError):
-        write_image_bag(out, bad_frames(), overwrite=True, encoding="mono8")
+        write_image_bag(out, bad_frames(), BagWriteOptions(overwrite=True, encoding="mono8"))
     assert list_topics(out)["/camera/image_raw"].count == 2  # old bag untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bag"]
     with pytest.raises(ValueError, match="no frames"):
@@ -134,16 +139,16 @@ def test_failed_write_leaves_nothing(tmp_path):
 @pytest.mark.parametrize(
     "kw,match",
     [({"storage": "rosbag1"}, "unknown bag storage"), ({"pose_type": "gps"}, "unknown pose_type"),
-     ({"rate_hz": 0.0}, "rate_hz"), ({"fmt": "zip"}, "unknown bag storage")],
+     ({"rate_hz": 0.0}, "rate_hz"), ({"rate_hz": float("nan")}, "rate_hz")],
 )
 def test_write_argument_errors(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
-        write_image_bag(tmp_path / "x", _frames(1), **kw)
+        write_image_bag(tmp_path / "x", _frames(1), BagWriteOptions(**kw))
     assert not (tmp_path / "x").exists()
 
 
 def _raw_bag(path, topics: dict[str, str], payloads=None):
-    """A bag written with rosbags directly: topics {name: msgtype}, payloads {name: [bytes]}."""
+    """Write a bag with rosbags directly: topics {name: msgtype}, payloads {name: [bytes]}."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     ts = default_typestore()
@@ -172,7 +177,8 @@ def test_missing_and_empty_bags(tmp_path):
 
 def test_topic_selection(tmp_path):
     ts = default_typestore()
-    data = ts.serialize_cdr(array_to_image_msg(np.zeros((2, 2), np.uint8)), "sensor_msgs/msg/Image")
+    data = ts.serialize_cdr(array_to_image_msg(np.zeros((2, 2), np.uint8)),
+                            "sensor_msgs/msg/Image")
     _raw_bag(tmp_path / "two", {"/a": "sensor_msgs/msg/Image", "/b": "sensor_msgs/msg/Image",
                                 "/o": "nav_msgs/msg/Odometry"}, {"/a": [data], "/b": [data, data]})
     with pytest.raises(ValueError, match="2 image .* topics"):
@@ -185,9 +191,11 @@ def test_topic_selection(tmp_path):
 
 
 def test_corrupt_message_payload(tmp_path):
-    _raw_bag(tmp_path / "bad", {"/cam": "sensor_msgs/msg/Image"}, {"/cam": [b"\x00\x01\x00\x00garbage"]})
+    _raw_bag(tmp_path / "bad", {"/cam": "sensor_msgs/msg/Image"},
+             {"/cam": [b"\x00\x01\x00\x00garbage"]})
     frames = read_image_bag(tmp_path / "bad")
-    with pytest.raises(ValueError, match="corrupt sensor_msgs/msg/Image message on /cam|truncated|empty image"):
+    match = "corrupt sensor_msgs/msg/Image message on /cam|truncated|empty image"
+    with pytest.raises(ValueError, match=match):
         list(frames)
 
 
@@ -195,7 +203,7 @@ def test_corrupt_message_payload(tmp_path):
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "delete"])
 def test_corrupt_storage_files(tmp_path, storage, filename, damage):
     out = tmp_path / "bag"
-    write_image_bag(out, _frames(20, 32, 32), storage=storage, start_ns=START)
+    write_image_bag(out, _frames(20, 32, 32), BagWriteOptions(storage=storage, start_ns=START))
     f = out / filename
     assert f.is_file()
     data = f.read_bytes()
@@ -213,14 +221,14 @@ def test_corrupt_storage_files(tmp_path, storage, filename, damage):
 
 def test_corrupt_metadata(tmp_path):
     out = tmp_path / "bag"
-    write_image_bag(out, _frames(2), start_ns=START)
+    write_image_bag(out, _frames(2), BagWriteOptions(start_ns=START))
     (out / "metadata.yaml").write_text("{{{ not yaml")
     with pytest.raises(ValueError, match="cannot read bag"):
         bag_info(out)
 
 
 def test_single_storage_file_is_readable(tmp_path):
-    write_image_bag(tmp_path / "bag", _frames(3), start_ns=START)
+    write_image_bag(tmp_path / "bag", _frames(3), BagWriteOptions(start_ns=START))
     got = list(read_image_bag(tmp_path / "bag" / "bag.mcap"))
     assert len(got) == 3
 
@@ -236,7 +244,8 @@ def test_interpolate_linear_and_slerp():
     pos, rot = interpolate_poses(s, xyz, quat, q)
     np.testing.assert_allclose(pos, [[0, 0, 0], [2.5, 0, 0], [10, 0, 0], [10, 10, 1], [10, 20, 2]])
     yaw = 2 * np.arctan2(rot[:, 2], rot[:, 3])
-    np.testing.assert_allclose(yaw, [0.0, 0.25, 1.0, 0.0, -1.0], atol=1e-9)  # slerp: constant angular rate
+    # slerp: constant angular rate
+    np.testing.assert_allclose(yaw, [0.0, 0.25, 1.0, 0.0, -1.0], atol=1e-9)
     np.testing.assert_allclose(np.linalg.norm(rot, axis=1), 1.0)
 
 
@@ -245,14 +254,17 @@ def test_interpolate_takes_short_way_and_handles_sign_flip():
     q0 = np.array(_yaw_quat(0.2))
     q1 = -np.array(_yaw_quat(0.4))  # same rotation as yaw 0.4, opposite sign
     _, rot = interpolate_poses(s, np.zeros((2, 3)), np.stack([q0, q1]), [5])
-    assert 2 * math.atan2(rot[0, 2], rot[0, 3]) * np.sign(rot[0, 3]) == pytest.approx(0.3, abs=1e-9)
+    yaw = 2 * math.atan2(rot[0, 2], rot[0, 3]) * np.sign(rot[0, 3])
+    assert yaw == pytest.approx(0.3, abs=1e-9)
     # 179 deg -> -179 deg goes through 180, not through 0
-    _, rot = interpolate_poses(s, np.zeros((2, 3)), np.stack([_yaw_quat(math.radians(179)), _yaw_quat(math.radians(-179))]), [5])
+    quats = np.stack([_yaw_quat(math.radians(179)), _yaw_quat(math.radians(-179))])
+    _, rot = interpolate_poses(s, np.zeros((2, 3)), quats, [5])
     assert abs(rot[0, 3]) < 1e-6  # w ~ 0 means yaw ~ 180 deg
 
 
 def test_interpolate_outside_and_errors():
-    s, xyz, quat = np.array([10, 20]), np.array([[0, 0, 0], [1, 1, 1.0]]), np.array([[0, 0, 0, 1.0]] * 2)
+    s, xyz = np.array([10, 20]), np.array([[0, 0, 0], [1, 1, 1.0]])
+    quat = np.array([[0, 0, 0, 1.0]] * 2)
     pos, _ = interpolate_poses(s, xyz, quat, [0, 30])
     np.testing.assert_allclose(pos, [[0, 0, 0], [1, 1, 1]])
     pos, rot = interpolate_poses(s, xyz, quat, [0, 15, 30], outside="nan")
@@ -271,13 +283,14 @@ def test_interpolate_outside_and_errors():
 
 def test_poses_from_bag_interpolated_at_image_times(tmp_path):
     frames = _frames(5)
-    write_image_bag(tmp_path / "b", frames, rate_hz=10.0, start_ns=START, poses=_poses(5), pose_type="pose_stamped",
-                    pose_topic="/pose")
+    write_image_bag(tmp_path / "b", frames, BagWriteOptions(
+        rate_hz=10.0, start_ns=START, pose_type="pose_stamped", pose_topic="/pose"), _poses(5))
     stamps, xyz, quat = read_poses(tmp_path / "b")
     mid = [START + 50_000_000 + i * 100_000_000 for i in range(4)]
     pos, rot = interpolate_poses(stamps, xyz, quat, mid)
     np.testing.assert_allclose(pos[:, 0], [0.5, 1.5, 2.5, 3.5])
-    np.testing.assert_allclose(2 * np.arctan2(rot[:, 2], rot[:, 3]), [0.05, 0.15, 0.25, 0.35], atol=1e-9)
+    np.testing.assert_allclose(2 * np.arctan2(rot[:, 2], rot[:, 3]), [0.05, 0.15, 0.25, 0.35],
+                               atol=1e-9)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -296,10 +309,12 @@ def test_cli_bag_write_and_info(tmp_path, capsys):
 
     frames = _frames(4)
     _write_pngs(tmp_path / "imgs", frames)
-    (tmp_path / "poses.csv").write_text("x,y,z,qx,qy,qz,qw\n" + "\n".join(",".join(map(str, p)) for p in _poses(4)))
+    rows = "\n".join(",".join(map(str, p)) for p in _poses(4))
+    (tmp_path / "poses.csv").write_text("x,y,z,qx,qy,qz,qw\n" + rows)
     out = tmp_path / "bag"
-    rc = main(["bag", "write", "--images", str(tmp_path / "imgs"), "--out", str(out), "--storage", "sqlite3",
-               "--rate", "5", "--poses", str(tmp_path / "poses.csv"), "--start-ns", str(START)])
+    rc = main(["bag", "write", "--images", str(tmp_path / "imgs"), "--out", str(out),
+               "--storage", "sqlite3", "--rate", "5", "--poses", str(tmp_path / "poses.csv"),
+               "--start-ns", str(START)])
     assert rc == 0
     got = list(read_image_bag(out))
     assert [g.stamp_ns for g in got] == [START + i * 200_000_000 for i in range(4)]
@@ -313,8 +328,8 @@ def test_cli_bag_write_and_info(tmp_path, capsys):
     # existing output: one clear error line, exit 2, bag untouched
     rc = main(["bag", "write", "--images", str(tmp_path / "imgs" / "*.png"), "--out", str(out)])
     assert rc == 2 and "exists" in capsys.readouterr().err
-    rc = main(["bag", "write", "--images", str(tmp_path / "imgs" / "*.png"), "--out", str(out), "--overwrite",
-               "--compressed", "--grayscale"])
+    rc = main(["bag", "write", "--images", str(tmp_path / "imgs" / "*.png"), "--out", str(out),
+               "--overwrite", "--compressed", "--grayscale"])
     assert rc == 0
     got = list(read_image_bag(out))
     assert len(got) == 4 and got[0].image.ndim == 2
@@ -323,7 +338,8 @@ def test_cli_bag_write_and_info(tmp_path, capsys):
 def test_cli_errors(tmp_path, capsys):
     from vl2spike_ros.cli import main
 
-    assert main(["bag", "write", "--images", str(tmp_path / "none*.png"), "--out", str(tmp_path / "b")]) == 2
+    assert main(["bag", "write", "--images", str(tmp_path / "none*.png"),
+                 "--out", str(tmp_path / "b")]) == 2
     assert "no images" in capsys.readouterr().err
     assert main(["bag", "info", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -346,8 +362,9 @@ def test_cli_bag_from_nordland_frames(data_root, tmp_path):
     files = sorted(folder.glob("images-*.png"))[:20]
     assert len(files) == 20
     out = tmp_path / "nordland"
-    assert main(["bag", "write", "--images", str(folder / "images-*.png"), "--out", str(out), "--limit", "20",
-                 "--grayscale", "--compressed", "--format", "png", "--start-ns", str(START)]) == 0
+    assert main(["bag", "write", "--images", str(folder / "images-*.png"), "--out", str(out),
+                 "--limit", "20", "--grayscale", "--compressed", "--format", "png",
+                 "--start-ns", str(START)]) == 0
     got = list(read_image_bag(out))
     assert len(got) == 20
     for g, f in zip(got, files):

@@ -28,17 +28,17 @@ LAST_LINE = re.compile(r"demo: recall@1=(\d+\.\d{2}) latency_p95_ms=(\d+\.\d{2})
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory, data_root) -> Path:
-    from vl2spike_ros.bench.ros.fixtures import nordland_frames, random_weights
+    from vl2spike_ros.bench.ros.fixtures import random_weights
+    from vl2spike_ros.data.datasets import load_nordland_frames
 
-    calib = nordland_frames(data_root, "summer", start=0, count=32, step=5)
+    calib = load_nordland_frames(data_root / "nordland", "summer", start=0, count=32, step=5)
     return random_weights(tmp_path_factory.mktemp("demo_weights"), calib)
 
 
-def _heldout_start(data_root: Path, train_frac: float = 0.6) -> int:
-    from vl2spike_ros.data.datasets import list_images, nordland_split_range
+def _heldout_start(data_root: Path) -> int:
+    from vl2spike_ros.data.datasets import nordland_files, nordland_split_range
 
-    n = len(list_images(data_root / "nordland" / "winter"))
-    return nordland_split_range(n, "test", train_frac)[0]
+    return nordland_split_range(len(nordland_files(data_root / "nordland", "winter")), "test")[0]
 
 
 def check_report(report: dict, out: Path, frames: int, first_frame: int) -> None:
@@ -139,11 +139,12 @@ def test_bad_settings_are_refused(tmp_path, bad):
 
 @slow
 def test_node_dying_at_startup_reports_its_log(tmp_path, weights):
-    from vl2spike_ros.io.bags import write_image_bag
+    from vl2spike_ros.io.bags import BagWriteOptions, write_image_bag
     from vl2spike_ros.bench.ros.demo import DemoConfig, run_node
 
     bag = tmp_path / "bag"
-    write_image_bag(bag, [np.full((32, 64, 3), 100, np.uint8)] * 3, encoding="rgb8")
+    write_image_bag(bag, [np.full((32, 64, 3), 100, np.uint8)] * 3,
+                    BagWriteOptions(encoding="rgb8"))
     cfg = DemoConfig(out_dir=tmp_path, startup_timeout_s=90)
     with pytest.raises(RuntimeError) as err:
         run_node(cfg, weights, tmp_path / "no_such_map", bag, {})

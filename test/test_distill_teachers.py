@@ -1,5 +1,8 @@
-"""Teachers: OpenCLIP through open_clip's real loading code (tiny random config), the proxy
-teacher's pretrained text side and tower save/load, clear errors for missing weights."""
+"""Teachers of the distillation.
+
+OpenCLIP through open_clip's real loading code (tiny random config), the proxy teacher's
+pretrained text side and tower save/load, clear errors for missing weights.
+"""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""Trainer: tiny end-to-end run -> loadable checkpoint, frozen teacher, exact resume, DDP (gloo)."""
+"""Trainer: tiny end-to-end run -> loadable checkpoint, frozen teacher, exact resume, DDP."""
 from __future__ import annotations
 
 import os
@@ -101,7 +101,8 @@ def test_ddp_two_ranks_stay_identical(tiny, tmp_path):
     d["optim"]["epochs"] = 2  # 12 images / 2 ranks / batch 4 -> 1 step per epoch
     d["optim"]["batch_size"] = 3
     mp.spawn(_ddp_worker, args=(2, _free_port(), d, str(tmp_path)), nprocs=2, join=True)
-    a, b = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    a = load_file(str(tmp_path / "rank0.safetensors"))
+    b = load_file(str(tmp_path / "rank1.safetensors"))
     assert a.keys() == b.keys()
     init = None
     for k in a:
@@ -119,7 +120,19 @@ def test_cli_clear_errors(tmp_path, capsys):
     assert "distill config not found" in capsys.readouterr().err
     cfg = tmp_path / "c.yaml"
     cfg.write_text("optim: {epochs: 1}\n")
-    assert main(["distill", "--config", str(cfg), "--set", "optim.bogus=1", "--out", str(tmp_path)]) == 2
+    assert main(["distill", "--config", str(cfg), "--set", "optim.bogus=1",
+                 "--out", str(tmp_path)]) == 2
     assert "unknown config key" in capsys.readouterr().err
     assert main(["teacher", "eval", "--weights", str(tmp_path / "none.safetensors")]) == 2
     assert "proxy teacher weights not found" in capsys.readouterr().err
+
+
+def test_round_robin_takes_classes_in_turn():
+    import numpy as np
+
+    from vl2spike_ros.data.cifar import ImageArray, round_robin
+
+    labels = np.array([2, 2, 2, 0, 0, 1], np.int64)  # class order of first appearance: 2, 0, 1
+    data = ImageArray(np.arange(6, dtype=np.uint8).reshape(6, 1, 1, 1), labels, ("a", "b", "c"))
+    assert round_robin(data, 5)[:, 0, 0, 0].tolist() == [0, 3, 5, 1, 4]
+    assert round_robin(data, 10)[:, 0, 0, 0].tolist() == [0, 3, 5, 1, 4, 2]

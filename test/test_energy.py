@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based.op_counter import DispatchCounterMode, SynOpCounter
 
-from vl2spike_ros.energy import E_AC_PJ, E_MAC_PJ, energy_mj, spike_count_rules, student_energy, teacher_energy
+from vl2spike_ros.energy import (E_AC_PJ, E_MAC_PJ, energy_mj, spike_count_rules, student_energy,
+                                 teacher_energy)
 from vl2spike_ros.models import calibrate_bn, create_model
 
 

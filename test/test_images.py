@@ -61,7 +61,8 @@ def _make(kind: str, arr, encoding, **kw):
 def test_module_does_not_import_rclpy():
     import subprocess
 
-    code = "import sys, vl2spike_ros.io.images, vl2spike_ros.io.bags; print('rclpy' in sys.modules)"
+    code = ("import sys, vl2spike_ros.io.images, vl2spike_ros.io.bags; "
+            "print('rclpy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -74,7 +75,8 @@ def test_raw_roundtrip(kind, encoding, big, pad):
     dtype, ch = ENCODINGS[encoding]
     arr = _random(dtype, ch)
     row = arr.shape[1] * ch * np.dtype(dtype).itemsize
-    msg = _make(kind, arr, encoding, is_bigendian=big, step=row + pad, stamp_ns=12_000_000_345, frame_id="cam")
+    msg = _make(kind, arr, encoding, is_bigendian=big, step=row + pad, stamp_ns=12_000_000_345,
+                frame_id="cam")
     assert msg.step == row + pad and len(bytes(msg.data)) == (row + pad) * arr.shape[0]
     assert msg.encoding == encoding and bool(msg.is_bigendian) == big
     assert im.stamp_ns(msg) == 12_000_000_345 and msg.header.frame_id == "cam"
@@ -84,7 +86,8 @@ def test_raw_roundtrip(kind, encoding, big, pad):
     np.testing.assert_array_equal(out, arr)
 
 
-@pytest.mark.parametrize("encoding,order", [("bgr8", [2, 1, 0]), ("bgra8", [2, 1, 0, 3]), ("rgb8", [0, 1, 2])])
+@pytest.mark.parametrize("encoding,order",
+                         [("bgr8", [2, 1, 0]), ("bgra8", [2, 1, 0, 3]), ("rgb8", [0, 1, 2])])
 def test_wire_channel_order(encoding, order):
     """The wire bytes follow the encoding while arrays are always RGB(A)."""
     arr = _random(np.uint8, len(order), 2, 3)
@@ -103,7 +106,8 @@ def test_decode_hand_packed_big_endian_padded():
 
 
 def test_decode_hand_packed_bgr8_list_data():
-    msg = SimpleNamespace(height=1, width=2, encoding="bgr8", is_bigendian=0, step=6, data=[1, 2, 3, 4, 5, 6])
+    msg = SimpleNamespace(height=1, width=2, encoding="bgr8", is_bigendian=0, step=6,
+                          data=[1, 2, 3, 4, 5, 6])
     np.testing.assert_array_equal(image_msg_to_array(msg), [[[3, 2, 1], [6, 5, 4]]])
 
 
@@ -190,12 +194,14 @@ def _compressed(kind, arr, fmt, **kw):
     if kind == "rosbags":
         return _rosbags_roundtrip(array_to_compressed_msg(arr, fmt, **kw))
     sensor_msgs = pytest.importorskip("sensor_msgs.msg")
-    return _rclpy_roundtrip(array_to_compressed_msg(arr, fmt, msg_cls=sensor_msgs.CompressedImage, **kw))
+    return _rclpy_roundtrip(
+        array_to_compressed_msg(arr, fmt, msg_cls=sensor_msgs.CompressedImage, **kw))
 
 
 @pytest.mark.parametrize("kind", ["rosbags", "rclpy"])
 @pytest.mark.parametrize(
-    "arr", [_random(np.uint8, 3), _random(np.uint8, 1), _random(np.uint16, 1), _random(np.uint8, 4)],
+    "arr",
+    [_random(np.uint8, 3), _random(np.uint8, 1), _random(np.uint16, 1), _random(np.uint8, 4)],
     ids=["rgb8", "mono8", "mono16", "rgba8"],
 )
 def test_png_roundtrip_lossless(kind, arr):
@@ -237,8 +243,10 @@ def test_image_transport_style_format_strings():
     ok, buf = cv2.imencode(".png", arr[..., ::-1])  # OpenCV writes BGR input
     assert ok
     for fmt in ("png", "rgb8; png compressed bgr8", "bgr8; png compressed bgr8", ""):
-        np.testing.assert_array_equal(compressed_msg_to_array(SimpleNamespace(format=fmt, data=buf.tobytes())), arr)
-    grey = compressed_msg_to_array(SimpleNamespace(format="mono8; png compressed bgr8", data=buf.tobytes()))
+        got = compressed_msg_to_array(SimpleNamespace(format=fmt, data=buf.tobytes()))
+        np.testing.assert_array_equal(got, arr)
+    grey = compressed_msg_to_array(
+        SimpleNamespace(format="mono8; png compressed bgr8", data=buf.tobytes()))
     assert grey.shape == arr.shape[:2]
 
 
@@ -261,7 +269,8 @@ def test_compressed_depth_32fc1_inverse_depth():
     inv = np.round(qa / depth + qb).astype(np.uint16)
     inv[0, 0] = 0  # "no measurement"
     ok, png = cv2.imencode(".png", inv)
-    msg = SimpleNamespace(format="32FC1; compressedDepth png", data=struct.pack("<iff", 0, qa, qb) + png.tobytes())
+    msg = SimpleNamespace(format="32FC1; compressedDepth png",
+                          data=struct.pack("<iff", 0, qa, qb) + png.tobytes())
     out = compressed_msg_to_array(msg)
     assert out.dtype == np.float32 and np.isnan(out[0, 0])
     np.testing.assert_allclose(out.reshape(-1)[1:], depth.reshape(-1)[1:], rtol=0.01)
@@ -270,7 +279,8 @@ def test_compressed_depth_32fc1_inverse_depth():
 
 
 @pytest.mark.parametrize(
-    "data,match", [(b"", "empty compressed"), (b"not an image at all", "undecodable"), (b"\xff\xd8\xff\xe0" + bytes(20), "undecodable")]
+    "data,match", [(b"", "empty compressed"), (b"not an image at all", "undecodable"),
+                   (b"\xff\xd8\xff\xe0" + bytes(20), "undecodable")]
 )
 def test_compressed_errors(data, match):
     with pytest.raises(ImageDecodeError, match=match):

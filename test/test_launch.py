@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vl2spike_ros.ros.params import NODE_NAME, PARAM_SPECS, SPEC_BY_NAME, check_value
+from vl2spike_ros.ros.params import (NODE_NAME, PARAM_SPECS, PARAMS_FILE_KEY, SPEC_BY_NAME,
+                                     check_value, render_yaml)
 
 ROOT = Path(__file__).resolve().parents[1]
 XML = ROOT / "launch" / "vpr.launch.xml"
@@ -28,7 +29,8 @@ def _setup_info() -> tuple[str, dict[str, str]]:
     package = None
     scripts: dict[str, str] = {}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "PACKAGE" for t in node.targets):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "PACKAGE"
+                                                for t in node.targets):
             package = ast.literal_eval(node.value)
         if isinstance(node, ast.Dict):
             for k, v in zip(node.keys, node.values):
@@ -108,8 +110,8 @@ def test_py_and_xml_launch_offer_the_same_arguments():
 
 def test_params_yaml_has_every_declared_parameter_with_valid_values():
     data = yaml.safe_load(YAML.read_text())
-    assert list(data) == [NODE_NAME]
-    params = data[NODE_NAME]["ros__parameters"]
+    assert list(data) == [PARAMS_FILE_KEY] == [f"/**/{NODE_NAME}"]  # any namespace
+    params = data[PARAMS_FILE_KEY]["ros__parameters"]
     assert set(params) == {s.name for s in PARAM_SPECS}
     for name, value in params.items():
         spec = SPEC_BY_NAME[name]
@@ -131,3 +133,11 @@ def test_param_table_rejects_invalid_values(bad):
 
     with pytest.raises(ValueError):
         NodeParams.from_mapping(bad)
+
+
+def test_params_yaml_is_the_generated_file():
+    """config/vpr_node.yaml = header comments + ``python -m vl2spike_ros.ros.params --yaml``."""
+    body = YAML.read_text().splitlines(keepends=True)
+    start = next(i for i, ln in enumerate(body) if not ln.startswith("#"))
+    assert "".join(body[start:]) == render_yaml(), (
+        "regenerate: python -m vl2spike_ros.ros.params --yaml (keep the header comments)")

@@ -97,7 +97,8 @@ def test_gradients_reach_every_parameter(name):
     g = torch.Generator().manual_seed(3)
     tokens = m.forward_features(x)
     desc = m.descriptor_from_tokens(tokens)
-    loss = m.forward_head(tokens).square().mean() + (desc * torch.randn(desc.shape, generator=g)).sum()
+    noise = torch.randn(desc.shape, generator=g)
+    loss = m.forward_head(tokens).square().mean() + (desc * noise).sum()
     loss.backward()
     for pname, p in m.named_parameters():
         assert p.grad is not None, f"no gradient for {pname}"

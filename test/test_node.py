@@ -31,6 +31,7 @@ from std_srvs.srv import SetBool, Trigger  # noqa: E402
 from vl2spike_ros.io.images import (array_to_compressed_msg, array_to_image_msg,  # noqa: E402
                                     compressed_msg_to_array)
 from vl2spike_ros.bench.ros import fixtures  # noqa: E402
+from vl2spike_ros.data.datasets import load_nordland_frames  # noqa: E402
 from vl2spike_ros.ros.messages import FLAG_ACCEPTED, FLAG_BEST, unpack_candidates  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.data, pytest.mark.slow]
@@ -66,8 +67,8 @@ def assets(tmp_path_factory, data_root) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("vpr_node")
-    ref = fixtures.nordland_frames(data_root, "summer", START, N_PLACES, STEP)
-    winter = fixtures.nordland_frames(data_root, "winter", START, N_PLACES, STEP)
+    ref = load_nordland_frames(data_root / "nordland", "summer", START, N_PLACES, STEP)
+    winter = load_nordland_frames(data_root / "nordland", "winter", START, N_PLACES, STEP)
     weights = fixtures.node_weights(tmp, calib_frames=ref)
     map_dir = fixtures.build_map(weights, ref, tmp / "map", metas=fixtures.line_poses(N_PLACES))
     return {"tmp": tmp, "ref": ref, "winter": winter, "weights": weights, "map": map_dir}
@@ -88,10 +89,12 @@ class Probe:
         self.diag: list[Any] = []
         n = self.node
         n.create_subscription(PointCloud2, "vpr/candidates", self._store(self.cands), 50)
-        n.create_subscription(PoseWithCovarianceStamped, "vpr/match_pose", self._store(self.poses), 50)
+        n.create_subscription(PoseWithCovarianceStamped, "vpr/match_pose",
+                              self._store(self.poses), 50)
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
         self.clients = {
             "reload": n.create_client(Trigger, "vpr/reload_map"),
+            "discard_reload": n.create_client(Trigger, "vpr/discard_and_reload_map"),
             "save": n.create_client(Trigger, "vpr/save_map"),
             "mapping": n.create_client(SetBool, "vpr/set_mapping_mode"),
             "params": n.create_client(SetParameters, f"{node_ns}/set_parameters"),
@@ -159,7 +162,8 @@ class Probe:
 
     def set_param(self, name: str, value: Any) -> Any:
         kind = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
-                float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}[type(value)]
+                float: ParameterType.PARAMETER_DOUBLE,
+                str: ParameterType.PARAMETER_STRING}[type(value)]
         field = {bool: "bool_value", int: "integer_value", float: "double_value",
                  str: "string_value"}[type(value)]
         pv = ParameterValue(type=kind, **{field: value})
@@ -266,7 +270,8 @@ def test_bad_frames_are_skipped_and_counted(running):
     for m in bad:
         probe.send(m)
         time.sleep(0.3)  # one at a time: latest-only input would merge them
-    stamp, msg = probe.query(array_to_image_msg(running["winter"][3], "mono8", msg_cls=Image), proc)
+    frame = array_to_image_msg(running["winter"][3], "mono8", msg_cls=Image)
+    stamp, msg = probe.query(frame, proc)
     assert msg.width == TOP_K and proc.poll() is None
     d = wait_for(lambda: (lambda v: v if int(v["bad_frames"]) >= len(bad) else None)(
         probe.latest_diag()), 30, "bad frames in diagnostics", proc)
@@ -277,6 +282,22 @@ def test_bad_frames_are_skipped_and_counted(running):
     assert int(d["map_size"]) == N_PLACES and d["state"] == "active"
     assert float(d["latency_ms_p95"]) > 0 and float(d["mean_firing_rate"]) > 0
     assert float(d["energy_mj_per_frame"]) > 0
+    assert {"frames_lost_transport", "frames_missing_estimate"} <= set(d)
+
+
+def test_frames_above_max_image_pixels_are_bad_frames(running):
+    probe, proc = running["probe"], running["proc"]
+    assert probe.set_param("max_image_pixels", 32 * 64 - 1).successful
+    try:
+        before = int(probe.latest_diag()["bad_frames"])
+        probe.send(array_to_image_msg(running["winter"][2], "mono8", msg_cls=Image))
+        d = wait_for(lambda: (lambda v: v if int(v["bad_frames"]) > before else None)(
+            probe.latest_diag()), 30, "a refused frame", proc)
+        assert "pixel limit of 2047" in d["message"] and d["level"] == b"\x01"
+    finally:
+        assert probe.set_param("max_image_pixels", 1 << 24).successful
+    _, msg = probe.query(array_to_image_msg(running["winter"][2], "mono8", msg_cls=Image), proc)
+    assert msg.width == TOP_K
 
 
 @pytest.mark.parametrize("name,value", [("top_k", 0), ("top_k", 101), ("match_threshold", 1.5),
@@ -352,9 +373,19 @@ def test_mapping_save_and_reload_services(running):
     _, msg = probe.query(array_to_image_msg(new, "mono8", msg_cls=Image), proc)
     got = unpack_candidates(msg)
     assert got["id"][0] == N_PLACES and got["x"][0] == pytest.approx(123.0)
-    # reload the original map: back to N places
+    # reload the original map: back to N places (nothing unsaved: the map was just saved)
     resp = probe.call("reload", Trigger.Request())
     assert resp.success and str(N_PLACES) in resp.message, resp.message
+    # places mapped since the last save: reload refused (saying how many), discard_and_reload
+    assert probe.call("mapping", SetBool.Request(data=True)).success
+    probe.query(array_to_image_msg(running["winter"][8], "mono8", msg_cls=Image), proc)
+    assert probe.call("mapping", SetBool.Request(data=False)).success
+    resp = probe.call("reload", Trigger.Request())
+    assert not resp.success and "1 place(s) mapped since the last save" in resp.message
+    _, msg = probe.query(array_to_image_msg(running["winter"][8], "mono8", msg_cls=Image), proc)
+    assert unpack_candidates(msg)["id"][0] == N_PLACES  # the unsaved place is still there
+    resp = probe.call("discard_reload", Trigger.Request())
+    assert resp.success and f"{N_PLACES} places" in resp.message, resp.message
     # an unreadable map is refused and the current map kept
     assert probe.set_param("map_dir", str(tmp / "no_such_map")).successful
     resp = probe.call("reload", Trigger.Request())
@@ -443,8 +474,11 @@ def _state(probe: Probe) -> str:
 
 
 def test_lifecycle_managed_node_with_jpeg_input_and_sequences(assets, ros_env):
-    """autostart false: driven through lifecycle services; JPEG input; sequence matching over
-    3 frames gives the same candidates as the offline pipeline fed the same frames."""
+    """Drive a node with autostart false through lifecycle services; JPEG input.
+
+    Sequence matching over 3 frames gives the same candidates as the offline pipeline fed the
+    same frames.
+    """
     from lifecycle_msgs.msg import Transition
 
     tmp = assets["tmp"]
@@ -496,3 +530,48 @@ def test_load_benchmark_smoke(tmp_path, data_root, ros_env):
     assert 0 < data["frames_processed"] <= data["frames_sent"]
     assert data["latency_ms_p50"] > 0 and data["node_exit_code"] == 0
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- namespace
+def test_namespace_uses_packaged_params_file_and_warns_without_frames(tmp_path, ros_env):
+    """Start under ``-r __ns:=/robot1`` with (a copy of) config/vpr_node.yaml.
+
+    Its values apply (top_k 3, read back over /robot1/vpr_node/get_parameters), a misspelled
+    key is reported once, and with only a CompressedImage publisher on the image topic
+    /diagnostics turns WARN naming that type while frames_received stays 0. Mapping mode: no
+    map or data needed.
+    """
+    import yaml
+    from rcl_interfaces.srv import GetParameters
+
+    packaged = Path(__file__).resolve().parents[1] / "config" / "vpr_node.yaml"
+    data = yaml.safe_load(packaged.read_text())
+    params = data["/**/vpr_node"]["ros__parameters"]
+    params.update(top_k=3, mapping_mode=True, image_topic="cam/image", no_frame_warn_s=1.0,
+                  diagnostics_period_s=0.5, topk=4)
+    pfile = tmp_path / "robot1.yaml"
+    pfile.write_text(yaml.safe_dump(data, sort_keys=False))
+    log_path = tmp_path / "robot1.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([node_exe(), "--ros-args", "-r", "__ns:=/robot1",
+                                 "--params-file", str(pfile)], env={**os.environ, **ros_env},
+                                stdout=log, stderr=subprocess.STDOUT)
+    probe = Probe(node_ns="/robot1/vpr_node")
+    try:
+        probe.node.create_publisher(CompressedImage, "/robot1/cam/image", 10)
+        probe.clients["get"] = probe.node.create_client(GetParameters,
+                                                        "/robot1/vpr_node/get_parameters")
+        got = probe.call("get", GetParameters.Request(names=["top_k", "image_topic"]), 120)
+        assert got.values[0].integer_value == 3 and got.values[1].string_value == "cam/image"
+        diag = wait_for(lambda: (lambda d: d if "CompressedImage" in d["message"] else None)(
+            probe.latest_diag()), 60, "no-frame WARN naming CompressedImage", proc)
+        assert diag["level"] == b"\x01" and int(diag["frames_received"]) == 0, diag
+        assert "/robot1/cam/image" in diag["message"], diag["message"]
+        assert "compressed_input: true" in diag["message"], diag["message"]
+    finally:
+        probe.close()
+        rc = stop_node(proc)
+    text = log_path.read_text()
+    assert rc == 0, text
+    assert text.count("topk (did you mean top_k?)") == 1, text
+    assert "no image on /robot1/cam/image" in text, text

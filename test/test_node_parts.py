@@ -1,5 +1,7 @@
-"""Unit tests of the node's parts that need no running node: parameter table, mailbox,
-statistics and message packing."""
+"""Unit tests of the node's parts that need no running node.
+
+Parameter table, mailbox, statistics and message packing.
+"""
 from __future__ import annotations
 
 import math
@@ -44,13 +46,14 @@ def test_markdown_table_lists_every_parameter_and_docs_are_in_sync():
     assert "1 .. 100" in rows[[s.name for s in PARAM_SPECS].index("top_k")]
     for name in ("docs/node_api.md", "README.md"):
         doc = (ROOT / name).read_text()
-        assert update_markdown(doc) == doc, f"run: python -m vl2spike_ros.ros.params --update {name}"
+        hint = f"run: python -m vl2spike_ros.ros.params --update {name}"
+        assert update_markdown(doc) == doc, hint
 
 
 def test_render_yaml_round_trips():
     import yaml
 
-    data = yaml.safe_load(render_yaml())["vpr_node"]["ros__parameters"]
+    data = yaml.safe_load(render_yaml())["/**/vpr_node"]["ros__parameters"]
     assert NodeParams.from_mapping(data) == NodeParams.from_mapping({})
 
 
@@ -126,6 +129,19 @@ def test_candidates_pack_unpack_and_pose_covariance():
     assert M.place_pose({"stamp_ns": 3}) is None
     markers = M.make_markers(h, arr)
     assert len(markers.markers) == 2  # DELETEALL + one sphere (the second place has no pose)
+
+
+def test_diagnostics_level_from_named_constant_or_int():
+    pytest.importorskip("diagnostic_msgs")
+    from builtin_interfaces.msg import Time
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from vl2spike_ros.ros import messages as M
+
+    warn = M.make_diagnostics(Time(), "n", "cpu", DiagnosticStatus.WARN, "m", {"x": 1.5})
+    assert warn.status[0].level == DiagnosticStatus.WARN == b"\x01"
+    assert M.make_diagnostics(Time(), "n", "cpu", 2, "m", {}).status[0].level == \
+        DiagnosticStatus.ERROR
 
 
 def test_proc_readers_of_the_load_benchmark():

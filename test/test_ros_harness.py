@@ -1,5 +1,7 @@
-"""ROS 2 test harness proof: a sensor_msgs/Image travels between two processes over
-loopback-only DDS (real rclpy), converted with vl2spike_ros.io.images on both ends.
+"""ROS 2 test harness proof.
+
+A sensor_msgs/Image travels between two processes over loopback-only DDS (real rclpy),
+converted with vl2spike_ros.io.images on both ends.
 
 The test publishes an rgb8 image; ``_ros_image_peer.py`` (a subprocess with the ``ros_env``
 environment) checks it, and echoes it as bgr8 with a padded step; the test checks the pixels.
@@ -69,8 +71,9 @@ def _sockets_of(pids: set[int]) -> list[tuple[str, str]]:
     return out
 
 
-def _spin_until(executor, done, proc, timeout: float, every_s: float = 0.0, action=None) -> int:
-    """Spin until ``done()`` or ``timeout`` s or the peer exits; run ``action`` every ``every_s`` s."""
+def _spin_until(executor, done, proc, timeout: float, every_s: float = 0.0,
+                action=None) -> int:
+    """Spin until ``done()``, ``timeout`` s or the peer exits; ``action`` every ``every_s`` s."""
     deadline, next_action, actions = time.monotonic() + timeout, 0.0, 0
     while not done() and time.monotonic() < deadline and proc.poll() is None:
         if action is not None and time.monotonic() >= next_action:
@@ -98,8 +101,10 @@ def test_loopback_profile_is_applied(ros_env):
     assert ros_env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SYSTEM_DEFAULT"
     assert 0 <= int(ros_env["ROS_DOMAIN_ID"]) <= 101
     root = ET.parse(profile).getroot()
-    descriptors = {d.findtext(f"{NS}transport_id"): d for d in root.iter(f"{NS}transport_descriptor")}
-    participants = [p for p in root.iter(f"{NS}participant") if p.get("is_default_profile") == "true"]
+    descriptors = {d.findtext(f"{NS}transport_id"): d
+                   for d in root.iter(f"{NS}transport_descriptor")}
+    participants = [p for p in root.iter(f"{NS}participant")
+                    if p.get("is_default_profile") == "true"]
     assert len(participants) == 1
     rtps = participants[0].find(f"{NS}rtps")
     assert rtps.findtext(f"{NS}useBuiltinTransports").strip() == "false"
@@ -131,8 +136,8 @@ def test_image_roundtrip_between_two_processes(rclpy_context, ros_env, tmp_path)
     env = {**os.environ, **ros_env}
     cmd = [sys.executable, str(PEER), "--in-topic", in_topic, "--out-topic", out_topic,
            "--seed", str(SEED), "--height", str(H), "--width", str(W), "--timeout", "90"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=str(tmp_path))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=str(tmp_path))
     lines = _Lines(proc)
     node = None
     executor = SingleThreadedExecutor(context=rclpy_context)
@@ -149,9 +154,12 @@ def test_image_roundtrip_between_two_processes(rclpy_context, ros_env, tmp_path)
         sent = expected_image(SEED, H, W)
         stamp = 1_234_567_890_123_456_789
 
-        matched = lambda: pub.get_subscription_count() >= 1 and node.count_publishers(out_topic) >= 1  # noqa: E731
+        def matched() -> bool:
+            return pub.get_subscription_count() >= 1 and node.count_publishers(out_topic) >= 1
+
         _spin_until(executor, matched, proc, timeout=45)  # discovery, both directions
-        assert pub.get_subscription_count() >= 1, f"peer subscription not discovered:\n{lines.text()}"
+        assert pub.get_subscription_count() >= 1, (
+            f"peer subscription not discovered:\n{lines.text()}")
 
         msg = array_to_image_msg(sent, "rgb8", Image, stamp_ns=stamp, frame_id="test")
         sends = _spin_until(executor, lambda: bool(received), proc, timeout=45, every_s=1.0,
@@ -159,7 +167,8 @@ def test_image_roundtrip_between_two_processes(rclpy_context, ros_env, tmp_path)
         assert received, f"no echo after {sends} sends (peer rc={proc.poll()}):\n{lines.text()}"
 
         echo = received[0]
-        assert echo.encoding == "bgr8" and echo.step == W * 3 + 3 and echo.header.frame_id == "peer"
+        assert echo.encoding == "bgr8" and echo.step == W * 3 + 3
+        assert echo.header.frame_id == "peer"
         assert stamp_ns(echo) == stamp
         np.testing.assert_array_equal(image_msg_to_array(echo), sent)
         assert "PEER_MISMATCH" not in lines.text()
@@ -187,8 +196,10 @@ def test_image_roundtrip_between_two_processes(rclpy_context, ros_env, tmp_path)
 
 def test_peer_refuses_without_loopback_profile(tmp_path):
     """The helper never starts DDS without the loopback environment."""
-    env = {k: v for k, v in os.environ.items() if k not in ("FASTDDS_DEFAULT_PROFILES_FILE", "ROS_DOMAIN_ID")}
-    res = subprocess.run([sys.executable, str(PEER), "--in-topic", "/a", "--out-topic", "/b", "--seed", "1",
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FASTDDS_DEFAULT_PROFILES_FILE", "ROS_DOMAIN_ID")}
+    res = subprocess.run([sys.executable, str(PEER), "--in-topic", "/a", "--out-topic", "/b",
+                          "--seed", "1",
                           "--height", "2", "--width", "2", "--timeout", "5"],
                          env=env, capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
     assert res.returncode == 4 and "PEER_NO_LOOPBACK_PROFILE" in res.stdout

@@ -4,15 +4,15 @@ import pytest
 import torch
 
 from vl2spike_ros.models import calibrate_bn, create_model, save_model
-from vl2spike_ros.models.cnn import CNNConfig, PlaceCNN, load_cnn, save_cnn
-from vl2spike_ros.vpr.descriptors import extract_descriptors, normalise, preprocess
+from vl2spike_ros.models.cnn import CNNConfig, PlaceCNN
+from vl2spike_ros.vpr.descriptors import normalise, preprocess
+from vl2spike_ros.vpr.place import load_place_descriptor
 from vl2spike_ros.train.vpr_losses import SpikeVPRLoss, SVSWeights
 
 
 def _student():
     torch.manual_seed(0)
     m = create_model("spikformer_vpr", embed_dim=16, T=2, descriptor_dim=4)
-    m.vpr_descriptor = "spatial"
     return m.train()
 
 
@@ -104,23 +104,22 @@ def test_patch_normalisation_is_local():
 
 
 def test_input_norm_travels_with_the_weights(tmp_path):
-    from vl2spike_ros.vpr.pipeline import load_vpr_model
-
     imgs = np.random.default_rng(0).integers(0, 255, (4, 32, 64), dtype=np.uint8)
     m = create_model("spikformer_vpr", embed_dim=16, T=1, descriptor_dim=8)
     calibrate_bn(m, [preprocess(imgs, (32, 64), 1, "patch8")])
     w = save_model(m.eval(), tmp_path / "w.safetensors", {"vpr": {"input_norm": "patch8"}})
-    loaded, _ = load_vpr_model(w)
-    assert loaded.vpr_input_norm == "patch8"
+    loaded = load_place_descriptor(w)
+    assert loaded.settings.input_norm == "patch8"
     want = torch.nn.functional.normalize(
-        loaded.descriptor(preprocess(imgs, (32, 64), 1, "patch8")), dim=-1).detach().numpy()
-    assert np.allclose(extract_descriptors(loaded, imgs), want, atol=1e-5)
+        loaded.backbone.descriptor(preprocess(imgs, (32, 64), 1, "patch8")),
+        dim=-1).detach().numpy()
+    assert np.allclose(loaded.describe_images(imgs), want, atol=1e-5)
     t = _teacher()
-    save_cnn(t.eval(), tmp_path / "t.safetensors", {"vpr": {"input_norm": "patch8"}})
-    assert load_cnn(tmp_path / "t.safetensors").vpr_input_norm == "patch8"
+    save_model(t.eval(), tmp_path / "t.safetensors", {"vpr": {"input_norm": "patch8"}})
+    assert load_place_descriptor(tmp_path / "t.safetensors").settings.input_norm == "patch8"
     bad = save_model(m.eval(), tmp_path / "b.safetensors", {"vpr": {"input_norm": "zscore"}})
-    with pytest.raises(ValueError, match="zscore"):
-        load_vpr_model(bad)
+    with pytest.raises(ValueError, match=r"b\.json: field metadata\.vpr: .*'zscore'"):
+        load_place_descriptor(bad)
 
 
 def test_relational_within_view_ignores_cross_view_pairs():
@@ -137,16 +136,16 @@ def test_relational_within_view_ignores_cross_view_pairs():
 
 
 def test_unknown_or_misfitting_norm_in_cnn_weights_is_refused(tmp_path):
-    save_cnn(_teacher().eval(), tmp_path / "t.safetensors", {"vpr": {"input_norm": "patch7"}})
+    save_model(_teacher().eval(), tmp_path / "t.safetensors", {"vpr": {"input_norm": "patch7"}})
     with pytest.raises(ValueError, match="patch 7"):
-        load_cnn(tmp_path / "t.safetensors")
+        load_place_descriptor(tmp_path / "t.safetensors")
 
 
 def test_student_and_teacher_must_share_the_input_norm(tmp_path):
-    from vl2spike_ros.train.recipes import train_student
+    from vl2spike_ros.train.recipes import StudentRecipe, train_student
     from vl2spike_ros.train.vpr_train import TrainConfig
 
-    save_cnn(_teacher().eval(), tmp_path / "t.safetensors", {"vpr": {"input_norm": "patch8"}})
+    save_model(_teacher().eval(), tmp_path / "t.safetensors", {"vpr": {"input_norm": "patch8"}})
     with pytest.raises(ValueError, match="one norm"):
         train_student(tmp_path, tmp_path / "s.safetensors", TrainConfig(epochs=1), tmp_path,
-                      teacher_path=tmp_path / "t.safetensors", norm="image")
+                      StudentRecipe(teacher_path=tmp_path / "t.safetensors", norm="image"))

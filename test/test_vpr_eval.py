@@ -80,6 +80,7 @@ def test_sequence_matching_recovers_aliased_frame_and_streaming_agrees():
     sm = SequenceMatcher(4)
     rows = np.stack([sm.update(r) for r in sim])
     np.testing.assert_array_equal(rows, seq)
-    assert evaluate_aligned(sim, tolerances=(0,), ns=(1,), seq_len=4)["tol0"]["recall"]["r1"] == 100.0
+    res = evaluate_aligned(sim, tolerances=(0,), ns=(1,), seq_len=4)
+    assert res["tol0"]["recall"]["r1"] == 100.0
     with pytest.raises(ValueError):
         SequenceMatcher(0)

@@ -6,7 +6,7 @@ import torch
 
 from vl2spike_ros.models import calibrate_bn, create_model, save_model
 from vl2spike_ros.vpr.descriptors import preprocess
-from vl2spike_ros.vpr.placemap import MapMismatchError
+from vl2spike_ros.vpr.placemap import MapMismatchError, index_path
 
 N = 10
 
@@ -28,7 +28,7 @@ def _tiny_weights(path, seed=0, descriptor="pooled"):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from vl2spike_ros.io.bags import write_image_bag
+    from vl2spike_ros.io.bags import BagWriteOptions, write_image_bag
 
     tmp = tmp_path_factory.mktemp("vpr")
     w = _tiny_weights(tmp / "w.safetensors")
@@ -41,26 +41,25 @@ def setup(tmp_path_factory):
     # the bag carries the queries at 4x size in RGB: the pipeline must resize/grey them itself
     big = [cv2.cvtColor(cv2.resize(b, (256, 128), interpolation=cv2.INTER_NEAREST),
                         cv2.COLOR_GRAY2RGB) for b in _frames(2, 20.0)]
-    write_image_bag(tmp / "qbag", big, storage="mcap")
+    write_image_bag(tmp / "qbag", big, BagWriteOptions(storage="mcap"))
     return tmp, w, db, q
 
 
 def test_replay_matches_eval(setup):
     from vl2spike_ros.cli.cmd_eval import run_eval
     from vl2spike_ros.cli.cmd_map import build_map_from_source
-    from vl2spike_ros.cli.cmd_replay import run_replay
+    from vl2spike_ros.cli.cmd_replay import ReplayOptions, run_replay
     from vl2spike_ros.vpr.evaluation import correct_by_frames
-    from vl2spike_ros.vpr.pipeline import load_vpr_model
+    from vl2spike_ros.vpr.place import load_place_descriptor
     from vl2spike_ros.vpr.runner import model_method, rank
     from vl2spike_ros.data.sources import load_source
 
     tmp, w, db, q = setup
     info = build_map_from_source(str(db), str(tmp / "map"), weights=str(w))
     assert info["n_places"] == N
-    rows, out = run_replay(str(tmp / "qbag"), str(tmp / "map"), weights=str(w), top_k=3,
-                           tolerance=0)
-    model, _ = load_vpr_model(w)
-    m = model_method(model)
+    rows, out = run_replay(ReplayOptions(str(tmp / "qbag"), str(tmp / "map"), weights=str(w),
+                                         top_k=3, tolerance=0))
+    m = model_method(load_place_descriptor(w))
     qi = load_source(q, size=(32, 64)).images
     # the bag's 4x RGB frames resized by the pipeline give the folder's 32x64 grey frames
     _, ids = rank(m, m.describe(qi), m.describe(load_source(db, size=(32, 64)).images), 3)
@@ -74,7 +73,6 @@ def test_replay_matches_eval(setup):
 
 
 def test_pipeline_sequence_mode_equals_batch(setup):
-    from vl2spike_ros.vpr.descriptors import extract_descriptors
     from vl2spike_ros.vpr.matching import sequence_scores
     from vl2spike_ros.vpr.pipeline import VPRPipeline
     from vl2spike_ros.data.sources import load_source
@@ -85,7 +83,7 @@ def test_pipeline_sequence_mode_equals_batch(setup):
     pipe = VPRPipeline(w, tmp / "map_seq", top_k=2, seq_len=3, energy=False)
     qi = load_source(q).images
     got = [pipe.process(im).best_id for im in qi]
-    d_db = extract_descriptors(pipe.model, load_source(db).images)
+    d_db = pipe.place.describe_images(load_source(db).images)
     d_q = np.concatenate([pipe.describe(im) for im in qi])
     want = np.argsort(-sequence_scores(d_q @ d_db.T, 3), axis=1, kind="stable")[:, 0]
     assert got == want.tolist()
@@ -106,16 +104,17 @@ def test_pipeline_refuses_map_of_other_model(setup):
 
 def test_spatial_descriptor_mode(setup):
     from vl2spike_ros.cli.cmd_map import build_map_from_source
-    from vl2spike_ros.vpr.descriptors import extract_descriptors
-    from vl2spike_ros.vpr.pipeline import VPRPipeline, load_vpr_model
+    from vl2spike_ros.vpr.pipeline import VPRPipeline
+    from vl2spike_ros.vpr.place import load_place_descriptor
     from vl2spike_ros.data.sources import load_source
 
     tmp, w_pooled, db, q = setup
     w = _tiny_weights(tmp / "spatial.safetensors", descriptor="spatial")
-    model, meta = load_vpr_model(w)
+    place = load_place_descriptor(w)
+    model = place.backbone
     n_tok = model.config.num_tokens
-    assert meta["descriptor_dim"] == n_tok * 16
-    d = extract_descriptors(model, load_source(db).images)
+    assert place.model_meta()["descriptor_dim"] == place.dim == n_tok * 16
+    d = place.describe_images(load_source(db).images)
     assert d.shape == (N, n_tok * 16)
     np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0, rtol=1e-5)
     # the descriptor is the per-token head output on the grid, flattened
@@ -150,7 +149,7 @@ def test_cli_eval_map_replay_json(setup, tmp_path, capsys):
     assert 0.0 <= res["recall"]["r1"] <= res["recall"]["r5"] <= res["recall"]["r10"] <= 100.0
     assert 0.0 <= res["pr_auc"] <= 1.0 and res["queries_per_s"] > 0
     assert main(["map", "build", str(db), "--out", str(tmp_path / "m"), "--weights", str(w)]) == 0
-    (tmp_path / "m" / "index.faiss").write_bytes(b"\x00" * 10)
+    index_path(tmp_path / "m").write_bytes(b"\x00" * 10)
     rc = main(["replay", str(tmp / "qbag"), "--map", str(tmp_path / "m"), "--weights", str(w),
                "--json", str(tmp_path / "r.json")])
     assert rc == 2

@@ -1,10 +1,14 @@
-"""PlaceMap: round trip, model mismatch refusal, corrupt/truncated files."""
+"""PlaceMap: round trip, model mismatch refusal, corrupt/truncated files, map.json schema."""
 import json
+import logging
 
 import numpy as np
 import pytest
 
-from vl2spike_ros.vpr.placemap import MapFormatError, MapMismatchError, PlaceMap
+import faiss
+
+from vl2spike_ros.vpr.placemap import (FORMAT_V1, MapFormatError, MapMismatchError, PlaceMap,
+                                       index_path)
 
 META = {"variant": "spikformer_vpr", "weights_hash": "abc", "descriptor_dim": 8,
         "input_size": [1, 32, 64]}
@@ -67,7 +71,7 @@ def test_mismatch_refused(saved_map, change):
 
 def test_truncated_index(saved_map):
     path, _ = saved_map
-    idx = path / "index.faiss"
+    idx = index_path(path)
     idx.write_bytes(idx.read_bytes()[: idx.stat().st_size // 2])
     with pytest.raises(MapFormatError, match="corrupt or truncated"):
         PlaceMap.load(path)
@@ -75,7 +79,7 @@ def test_truncated_index(saved_map):
 
 def test_corrupt_index_same_size(saved_map):
     path, _ = saved_map
-    idx = path / "index.faiss"
+    idx = index_path(path)
     data = bytearray(idx.read_bytes())
     data[:8] = b"garbage!"
     idx.write_bytes(bytes(data))
@@ -97,3 +101,124 @@ def test_truncated_or_wrong_json(saved_map, tmp_path):
         PlaceMap.load(path)
     with pytest.raises(FileNotFoundError):
         PlaceMap.load(tmp_path / "nothing")
+
+
+def _edit_json(path, **changes):
+    meta = json.loads((path / "map.json").read_text())
+    for key, value in changes.items():
+        if "." in key:
+            outer, inner = key.split(".")
+            meta[outer][inner] = value
+        else:
+            meta[key] = value
+    (path / "map.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"model": {}}, "lacks 'descriptor_dim'"),
+    ({"model": "x"}, r"field 'model' must be an object, got \"x\" \(str\)"),
+    ({"model": None}, "field 'model' must be an object"),
+    ({"model.weights_hash": 123}, "field 'model.weights_hash' must be a string"),
+    ({"model.descriptor_dim": "8"}, "field 'model.descriptor_dim' must be an integer"),
+    ({"model.input_size": [1, 32]}, "input_size' must be 3 positive integers"),
+    ({"n_places": "20"}, r"field 'n_places' must be an integer, got \"20\" \(str\)"),
+    ({"dim": True}, "field 'dim' must be an integer, got true"),
+    ({"places": []}, "field 'places' must be an object"),
+    ({"format": "vl2spike-placemap/9"}, "field 'format' is \"vl2spike-placemap/9\", expected"),
+    ({"index_file": "../../etc/passwd"}, "field 'index_file' must name an index file"),
+    ({"index_crc32": 5}, "field 'index_crc32' must be a string"),
+    ({"n_places": -1}, "field 'n_places' must be >= 0"),
+])
+def test_map_json_schema_gives_one_clear_line(saved_map, changes, message):
+    path, _ = saved_map
+    _edit_json(path, **changes)
+    with pytest.raises(MapFormatError, match=message) as ei:
+        PlaceMap.load(path, expect_model_meta=META)
+    assert "\n" not in str(ei.value) and "map.json" in str(ei.value)
+
+
+def test_model_identity_cannot_be_bypassed(saved_map):
+    """A map that records less than the model has is refused, whatever the values."""
+    path, _ = saved_map
+    _edit_json(path, model={"descriptor_dim": 8})
+    with pytest.raises(MapMismatchError, match="does not record the model's variant, "
+                                               "weights_hash, input_size"):
+        PlaceMap.load(path, expect_model_meta=META)
+    assert len(PlaceMap.load(path)) == 20  # inspecting without a model still works
+
+
+def test_fingerprint_compared_when_both_sides_have_it(tmp_path, caplog):
+    x = _unit(4, 8)
+    pm = PlaceMap(8, {**META, "fingerprint": "f" * 16})
+    pm.add(x)
+    pm.save(tmp_path / "m")
+    PlaceMap.load(tmp_path / "m", expect_model_meta={**META, "fingerprint": "f" * 16})
+    PlaceMap.load(tmp_path / "m", expect_model_meta=META)  # model without one: hashes checked
+    with pytest.raises(MapMismatchError, match="fingerprint"):
+        PlaceMap.load(tmp_path / "m", expect_model_meta={**META, "fingerprint": "0" * 16})
+    old = PlaceMap(8, META)  # an older map: no fingerprint recorded -> loads, with a warning
+    old.add(x)
+    old.save(tmp_path / "old")
+    with caplog.at_level(logging.WARNING, logger="vl2spike_ros.vpr.placemap"):
+        PlaceMap.load(tmp_path / "old", expect_model_meta={**META, "fingerprint": "f" * 16})
+    assert "records no model fingerprint" in caplog.text
+
+
+def test_format_1_maps_still_load_and_are_replaced_cleanly(tmp_path):
+    """Load a map of the previous format (fixed index.faiss name); a save over it cleans up.
+
+    Only the new files remain after the save.
+    """
+    x = _unit(6, 8)
+    path = tmp_path / "m"
+    pm = PlaceMap(8, META)
+    pm.add(x, [{"frame": i} for i in range(6)])
+    pm.save(path)
+    meta = json.loads((path / "map.json").read_text())
+    index_path(path).rename(path / "index.faiss")
+    del meta["index_file"]
+    (path / "map.json").write_text(json.dumps({**meta, "format": FORMAT_V1}))
+    assert PlaceMap.load(path, expect_model_meta=META).place(5)["frame"] == 5
+    pm.add(x[:1], [{"frame": 6}])
+    pm.save(path)
+    assert len(PlaceMap.load(path)) == 7
+    assert sorted(p.name for p in path.iterdir()) == sorted(["map.json", index_path(path).name])
+
+
+def test_crash_leftovers_are_ignored_then_removed(saved_map):
+    path, x = saved_map
+    (path / ".map.json.abc123.tmp").write_text("{")
+    (path / ".index-0123456789abcdef.faiss.xyz.tmp").write_bytes(b"partial")
+    (path / "index-fedcba9876543210.faiss").write_bytes(b"orphan of a crashed save")
+    (path / "notes.txt").write_text("the user's own file stays")
+    assert len(PlaceMap.load(path)) == 20
+    pm = PlaceMap.load(path)
+    pm.save(path)
+    assert sorted(p.name for p in path.iterdir()) == sorted(
+        ["map.json", "notes.txt", index_path(path).name])
+
+
+def test_reader_follows_a_concurrent_save(saved_map, monkeypatch):
+    """A reader that read map.json just before a save replaced the index retries once."""
+    import vl2spike_ros.vpr.placemap as placemap
+
+    path, x = saved_map
+    real = placemap._read_meta
+    calls = []
+
+    def read_then_save(map_dir):
+        meta = real(map_dir)
+        if not calls:
+            calls.append(1)
+            newer = PlaceMap(8, META)
+            newer.add(x[:3])
+            newer.save(path)  # removes the index file ``meta`` names
+        return meta
+
+    monkeypatch.setattr(placemap, "_read_meta", read_then_save)
+    assert len(PlaceMap.load(path)) == 3
+
+
+def test_save_writes_an_index_faiss_can_read(saved_map):
+    path, _ = saved_map
+    assert faiss.read_index(str(index_path(path))).ntotal == 20

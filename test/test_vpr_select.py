@@ -27,8 +27,8 @@ def test_best_validation_recall_is_copied_and_recorded(tmp_path):
     assert dest.read_bytes() == a.read_bytes()
     sel = json.loads(dest.with_suffix(".json").read_text())["metadata"]["selected_as_default"]
     assert sel["chosen"] == "a" and sel["val_r1"] == {"a": 25.0, "b": 23.0}
-    from vl2spike_ros.vpr.pipeline import load_vpr_model
-    load_vpr_model(dest)  # still a loadable model
+    from vl2spike_ros.vpr.place import load_place_descriptor
+    load_place_descriptor(dest)  # still a loadable model
 
 
 def test_weights_without_validation_history_are_refused(tmp_path):
@@ -44,12 +44,12 @@ def test_weights_without_validation_history_are_refused(tmp_path):
 
 def test_model_card_names_the_benchmarked_row(tmp_path):
     from vl2spike_ros.bench.model_card import method_of
-    from vl2spike_ros.vpr.pipeline import load_vpr_model
+    from vl2spike_ros.vpr.place import load_place_descriptor
 
     a = _weights(tmp_path / "a.safetensors", 0, (1.0, 1.0))
     b = _weights(tmp_path / "b.safetensors", 1, (1.0, 1.0))
-    bench = {"methods": {"x": {"model": load_vpr_model(a)[1]}, "y": {"model": load_vpr_model(b)[1]},
-                         "hog": {}}}
+    bench = {"methods": {"x": {"model": load_place_descriptor(a).model_meta()},
+                         "y": {"model": load_place_descriptor(b).model_meta()}, "hog": {}}}
     assert method_of(bench, b) == "y"
     c = _weights(tmp_path / "c.safetensors", 2, (1.0, 1.0))
     with pytest.raises(ValueError, match="not among"):

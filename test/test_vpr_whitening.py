@@ -1,14 +1,17 @@
-"""Learned descriptor whitening: fit, apply, storage inside weights files, map-descriptor CNN,
-and the whole-map SVS alignment term."""
+"""Learned descriptor whitening.
+
+Fit, apply, storage inside weights files, map-descriptor CNN, and the whole-map SVS
+alignment term.
+"""
 import numpy as np
 import pytest
 import torch
 
-from vl2spike_ros.models import create_model, load_extra_tensors, load_model, save_model
-from vl2spike_ros.models.cnn import CNNConfig, PlaceCNN, load_cnn, save_cnn
-from vl2spike_ros.vpr.descriptors import descriptor_dim, extract_descriptors, place_descriptor
+from vl2spike_ros.models import (create_model, load_extra_tensors, load_model, load_weights,
+                                 save_model)
+from vl2spike_ros.models.cnn import CNNConfig, PlaceCNN
 from vl2spike_ros.train.vpr_losses import SpikeVPRLoss, SVSWeights
-from vl2spike_ros.vpr.pipeline import load_vpr_model
+from vl2spike_ros.vpr.place import DescriptorSettings, PlaceDescriptor, load_place_descriptor
 from vl2spike_ros.vpr.whitening import Whitening, fit_whitening, split_whitening
 
 from test_vpr_distill import _batch, _teacher  # noqa: E402  (shared tiny teacher/batch)
@@ -73,58 +76,63 @@ def test_whitening_tensors_round_trip_and_incomplete_refused():
 def _student(dim=4):
     torch.manual_seed(0)
     m = create_model("spikformer_vpr", embed_dim=16, T=2, descriptor_dim=dim)
-    m.vpr_descriptor = "spatial"
     return m
+
+
+def _place(backbone, mode="spatial", whitening=None):
+    return PlaceDescriptor(backbone, DescriptorSettings.for_backbone(backbone, mode), whitening)
 
 
 def test_student_weights_carry_whitening_and_loaders_apply_it(tmp_path):
     m = _student().eval()
-    raw_dim = descriptor_dim(m)
+    raw = _place(m)
+    raw_dim = raw.dim
     imgs = np.random.default_rng(0).integers(0, 255, (40, 32, 64), dtype=np.uint8)
-    da = extract_descriptors(m, imgs[:20])
-    db = extract_descriptors(m, imgs[20:])
+    da = raw.describe_images(imgs[:20])
+    db = raw.describe_images(imgs[20:])
     wh = fit_whitening(da, db, dim=6)
     path = tmp_path / "w.safetensors"
     save_model(m, path, {"vpr": {"descriptor": "spatial"}}, extra_tensors=wh.to_tensors())
     assert set(load_extra_tensors(path)) == {"vpr_whitening.mean", "vpr_whitening.proj"}
     load_model(path)                                # the network itself still loads strictly
-    model, meta = load_vpr_model(path)
-    assert meta["descriptor_dim"] == 6 and descriptor_dim(model) == 6
-    got = extract_descriptors(model, imgs[:5])
+    place = load_place_descriptor(path)
+    assert place.model_meta()["descriptor_dim"] == 6 and place.dim == 6
+    got = place.describe_images(imgs[:5])
     stored = Whitening.from_tensors(wh.to_tensors())             # as kept in the file
-    want = stored(torch.from_numpy(extract_descriptors(m, imgs[:5]))).numpy()
+    want = stored(torch.from_numpy(raw.describe_images(imgs[:5]))).numpy()
     assert got.shape == (5, 6) and np.allclose(got, want, atol=1e-5)
     bad = Whitening(torch.zeros(raw_dim + 1), torch.zeros(raw_dim + 1, 3))
     save_model(m, path, {"vpr": {"descriptor": "spatial"}}, extra_tensors=bad.to_tensors())
     with pytest.raises(ValueError, match=f"expects {raw_dim + 1}-d descriptors"):
-        load_vpr_model(path)
+        load_place_descriptor(path)
 
 
 def test_cnn_map_descriptor_with_whitening(tmp_path):
     torch.manual_seed(0)
     cnn = PlaceCNN(CNNConfig(widths=(4, 8, 8, 8), descriptor_dim=12)).eval()
-    cnn.vpr_descriptor = "map"
     x = torch.randn(3, 1, 32, 64)
-    z = place_descriptor(cnn, x)
+    z = _place(cnn, "map")(x)
     assert z.shape == (3, cnn.map_dim) == (3, 8 * 4 * 8)
     assert torch.allclose(z, torch.nn.functional.normalize(cnn.features(x).flatten(1), dim=-1))
     a, b = _views(n=60, d=cnn.map_dim)
     wh = fit_whitening(a, b, dim=5)
     path = tmp_path / "t.safetensors"
-    save_cnn(cnn, path, {"vpr": {"descriptor": "map"}}, extra_tensors=wh.to_tensors())
-    assert load_cnn(path).vpr_descriptor == "map"
-    model, meta = load_vpr_model(path)
-    assert meta["descriptor_dim"] == 5
+    save_model(cnn, path, {"vpr": {"descriptor": "map"}}, extra_tensors=wh.to_tensors())
+    assert isinstance(load_weights(path), PlaceCNN)
+    place = load_place_descriptor(path)
+    assert place.settings.mode == "map" and place.model_meta()["descriptor_dim"] == 5
+    assert not place.is_spiking
     stored = Whitening.from_tensors(wh.to_tensors())
-    assert torch.allclose(place_descriptor(model, x), stored(z), atol=1e-5)
+    assert torch.allclose(place(x), stored(z), atol=1e-5)
 
 
 def test_unknown_descriptor_mode_refused(tmp_path):
     cnn = PlaceCNN(CNNConfig(widths=(4, 8, 8, 8), descriptor_dim=12))
     path = tmp_path / "t.safetensors"
-    save_cnn(cnn, path, {"vpr": {"descriptor": "mystery"}})
-    with pytest.raises(ValueError, match="unknown VPR descriptor mode 'mystery'"):
-        load_cnn(path)
+    save_model(cnn, path, {"vpr": {"descriptor": "mystery"}})
+    with pytest.raises(ValueError, match=r"t\.json: field metadata\.vpr: unknown VPR descriptor "
+                                         r"mode 'mystery'"):
+        load_place_descriptor(path)
 
 
 def test_map_term_uses_the_descriptor_head_when_it_matches_the_teacher():
@@ -169,16 +177,18 @@ def test_whiten_weights_fits_on_training_places_and_selection_uses_it(tmp_path):
     torch.manual_seed(0)
     cnn = PlaceCNN(CNNConfig(widths=(4, 8, 8, 8), descriptor_dim=12))
     src = tmp_path / "t.safetensors"
-    save_cnn(cnn, src, {"history": [{"epoch": 1, "val_r1_s2w": 1.0, "val_r1_w2s": 1.0}]})
+    save_model(cnn, src, {"history": [{"epoch": 1, "val_r1_s2w": 1.0, "val_r1_w2s": 1.0}]})
     out = tmp_path / "tw.safetensors"
     rep = whiten_weights(src, tmp_path / "nordland", out, descriptor="map", dim=8, shrink=1.0)
     # 40 places: 24 train (60 %), of which the last 10 % (2) are validation places
     assert rep["fitted_on_places"] == 22 and rep["dim"] == 8
-    meta = json.loads(out.with_suffix(".json").read_text())["meta"]
+    info = json.loads(out.with_suffix(".json").read_text())
+    meta = info["metadata"]
+    assert info["kind"] == "cnn" and "meta" not in info
     assert meta["vpr"]["descriptor"] == "map" and meta["vpr"]["whitening"] == rep
     assert load_extra_tensors(src) == {}                         # the source is untouched
-    model, mmeta = load_vpr_model(out)
-    assert mmeta["descriptor_dim"] == 8 and model.vpr_descriptor == "map"
+    place = load_place_descriptor(out)
+    assert place.model_meta()["descriptor_dim"] == 8 and place.settings.mode == "map"
     w = rep["val_r1_whitened"]
     assert last_val_r1(out) == 0.5 * (w["val_r1_s2w"] + w["val_r1_w2s"])
     with pytest.raises(ValueError, match="'map' or 'pooled'"):
@@ -193,14 +203,14 @@ def test_energy_counts_the_descriptor_head_and_whitening_as_macs():
         if isinstance(blk, torch.nn.BatchNorm2d):
             blk.bias.data.fill_(1.0)
     x = torch.randn(2, 1, 32, 64)
-    raw_dim = descriptor_dim(m)
+    raw = _place(m)
+    raw_dim = raw.dim
 
     def describe(t):
-        return place_descriptor(m, t)
+        return raw(t)
     plain = student_energy(m, x, output=describe)
     a, b = _views(n=50, d=raw_dim)
-    m.vpr_whitening = fit_whitening(a, b, dim=6)
-    white = student_energy(m, x, output=describe)
+    white = student_energy(m, x, output=raw.with_whitening(fit_whitening(a, b, dim=6)))
     assert white["macs"] - plain["macs"] == pytest.approx(raw_dim * 6, rel=0.05)
     assert white["energy_mj"] > plain["energy_mj"]
     assert plain["output"] == "describe"
@@ -219,20 +229,20 @@ def test_stem_descriptor_equals_the_stage_output_of_the_full_forward(tmp_path):
     stem = m.forward_stem(x, 3)
     assert stem.shape == (2, 3, *m.stem.prefix_shape(3, (32, 64))) == (2, 3, 8, 8, 16)
     assert torch.equal(stem, seen["s"]) and stem.sum() > 0
-    m.vpr_descriptor = "stem3"
-    z = place_descriptor(m, x)
-    assert z.shape == (3, descriptor_dim(m)) == (3, 8 * 8 * 16)
+    stem_place = _place(m, "stem3")
+    z = stem_place(x)
+    assert z.shape == (3, stem_place.dim) == (3, 8 * 8 * 16)
     assert torch.allclose(z, torch.nn.functional.normalize(stem.mean(0).flatten(1), dim=-1))
     with pytest.raises(ValueError, match="stem has 4 stages"):
         m.forward_stem(x, 5)
     path = tmp_path / "s.safetensors"
     save_model(m, path, {"vpr": {"descriptor": "stem3"}})
-    model, meta = load_vpr_model(path)
-    assert model.vpr_descriptor == "stem3" and meta["descriptor_dim"] == 1024
+    place = load_place_descriptor(path)
+    assert place.settings.mode == "stem3" and place.model_meta()["descriptor_dim"] == 1024
     for bad in ("stem0", "stemx", "stem"):
         save_model(m, path, {"vpr": {"descriptor": bad}})
         with pytest.raises(ValueError, match="unknown VPR descriptor mode"):
-            load_vpr_model(path)
+            load_place_descriptor(path)
 
 
 def test_bench_hog_whitened_reference_is_fitted_on_training_places(tmp_path):

@@ -1,5 +1,7 @@
-"""Precomputed-similarity evaluation (VPRTempo runs in its own venv) and loading its results
-into ``vl2spike bench vpr``. Runs without ``vprtempo`` installed."""
+"""Precomputed-similarity evaluation and loading its results into ``vl2spike bench vpr``.
+
+VPRTempo runs in its own venv; these tests run without ``vprtempo`` installed.
+"""
 import importlib.util
 import json
 import sys
@@ -10,8 +12,8 @@ import pytest
 
 from vl2spike_ros.bench import vpr as bench_vpr
 from vl2spike_ros.bench.nordland import (DIRECTIONS, curves_to_json, evaluate_method,
-                                             evaluate_similarity, markdown_table,
-                                             precomputed_result)
+                                         evaluate_similarity, markdown_table,
+                                         precomputed_result)
 from vl2spike_ros.vpr.evaluation import pr_auc
 from vl2spike_ros.vpr.runner import Method
 

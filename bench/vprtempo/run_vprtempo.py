@@ -155,7 +155,7 @@ def query_similarity(models: list, q_images: np.ndarray, s: Settings) -> tuple[n
         head.forward(encode(q_images[:1], s)[0:1])  # warm-up (first-call overheads)
         rows = []
         t0 = time.perf_counter()
-        for im in tqdm(q_images, desc="VPRTempo queries", leave=False):
+        for im in tqdm(q_images, desc="VPRTempo queries", leave=False, disable=None):
             rows.append(head.forward(encode(im[None], s)))
         seconds = time.perf_counter() - t0
     return torch.cat(rows).numpy().astype(np.float32), seconds

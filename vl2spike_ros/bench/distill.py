@@ -17,9 +17,12 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("distill", help="distillation arms on CIFAR-10 (JSON + table + plot)")
-    p.add_argument("--config", default="config/distill/bench_cifar10.yaml")
-    p.add_argument("--json", default="bench/results/distill_cifar10.json")
+    p = subparsers.add_parser("distill",
+                              help="distillation arms on CIFAR-10 (JSON + table + plot)")
+    p.add_argument("--config", default="config/distill/bench_cifar10.yaml",
+                   help="distillation config shared by every arm")
+    p.add_argument("--json", default="bench/results/distill_cifar10.json",
+                   help="results JSON (plots and .md next to it)")
     p.add_argument("--work-dir", default=None,
                    help="run folders + teacher cache (default: $TMPDIR/vl2spike_bench_distill)")
     p.add_argument("--arms", default=None, help="comma-separated subset of arms")
@@ -80,7 +83,8 @@ def _teacher_side(base: dict, cache_dir: Path) -> dict[str, Any]:
         cached_features(teacher, build_data(cfg.data, seed).train, cache_dir)
     text = teacher.class_embeddings(data.classes, tc.templates)
     feats = cached_features(teacher, data.test, cache_dir)
-    top1 = float(((feats @ text.T).argmax(-1) == torch.from_numpy(data.test.labels)).float().mean())
+    labels = torch.from_numpy(data.test.labels)
+    top1 = float(((feats @ text.T).argmax(-1) == labels).float().mean())
     x = torch.from_numpy(data.test.images[:16]).permute(0, 3, 1, 2).float() / 255
     e = teacher_energy(teacher.encode_image, x)
     return {"teacher_id": teacher.teacher_id, "top1": top1, "energy_mj": e["energy_mj"],
@@ -128,7 +132,8 @@ def _summarise(spec, base, arm_specs, runs, teacher, wall_s, n_par) -> dict:
         rs = [runs[(a, s)] for s in spec["seeds"]]
         top = [r["test_top1"] for r in rs]
         arms[a] = {
-            "top1_mean": statistics.fmean(top), "top1_std": statistics.stdev(top) if len(top) > 1 else 0.0,
+            "top1_mean": statistics.fmean(top),
+            "top1_std": statistics.stdev(top) if len(top) > 1 else 0.0,
             "top1_runs": top, "firing_rate": statistics.fmean(r["firing_rate"] for r in rs),
             "energy_mj": statistics.fmean(r.get("energy_mj", float("nan")) for r in rs),
             "overrides": arm_specs[a], "run_wall_s": [r["run_wall_s"] for r in rs],
@@ -137,7 +142,8 @@ def _summarise(spec, base, arm_specs, runs, teacher, wall_s, n_par) -> dict:
     budget = {"train_images": d.get("train_limit"), "epochs": o.get("epochs"),
               "batch_size": o.get("batch_size"), "test_images": teacher["test_images"],
               "model": base.get("model"), "model_overrides": base.get("model_overrides", {}),
-              "seeds": spec["seeds"], "parallel_runs": n_par, "torch_threads_per_run": base.get("threads"),
+              "seeds": spec["seeds"], "parallel_runs": n_par,
+              "torch_threads_per_run": base.get("threads"),
               "steps_per_run": runs[next(iter(runs))]["steps"]}
     return {"arms": arms, "teacher": teacher, "budget": budget,
             "wall_clock_s": round(wall_s, 1), "wall_clock_min": round(wall_s / 60, 1)}
@@ -156,7 +162,8 @@ def _write_table(res: dict, path: Path) -> None:
                  f"{t['energy_mj']:.5f} |")
     lines += ["", f"Budget: {b['train_images']} train images, {b['epochs']} epochs, batch "
               f"{b['batch_size']}, {b['steps_per_run']} steps/run, student {b['model']} "
-              f"{b['model_overrides']}, seeds {b['seeds']}; test subset {b['test_images']} images. "
+              f"{b['model_overrides']}, seeds {b['seeds']}; "
+              f"test subset {b['test_images']} images. "
               f"Wall clock: {res['wall_clock_min']} min."]
     write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
 
@@ -173,7 +180,8 @@ def _plot(res: dict, path: Path) -> None:
     std = [100 * res["arms"][a]["top1_std"] for a in names]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.bar(names, mean, yerr=std, capsize=4, color="tab:blue")
-    ax1.axhline(100 * res["teacher"]["top1"], color="tab:red", ls="--", label="teacher (zero-shot)")
+    ax1.axhline(100 * res["teacher"]["top1"], color="tab:red", ls="--",
+                label="teacher (zero-shot)")
     ax1.set_ylabel("CIFAR-10 top-1 (%)")
     ax1.set_title("Distillation arms (mean ± std over seeds)")
     ax1.legend()

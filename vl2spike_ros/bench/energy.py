@@ -15,63 +15,13 @@ import torch
 import torch.nn as nn
 
 from vl2spike_ros.energy import student_energy, teacher_energy
+from vl2spike_ros.vpr.descriptors import IMAGE_NORM
+from vl2spike_ros.vpr.place import load_place_descriptor
 
 log = logging.getLogger(__name__)
 
 
-# ----------------------------------------------------------------------------- real images
-def load_nordland_frames(root, n: int) -> np.ndarray:
-    """``n`` frames evenly spread over the summer and winter traversals: uint8 ``[n, 32, 64]``."""
-    import cv2
-
-    from vl2spike_ros.paths import nordland_root
-
-    base = nordland_root(root)
-    frames = []
-    seasons = ["summer", "winter"]
-    for k, season in enumerate(seasons):
-        files = sorted((base / season).glob("*.png"))
-        if not files:
-            raise FileNotFoundError(f"no Nordland frames in {base / season}")
-        m = n // len(seasons) + (1 if k < n % len(seasons) else 0)
-        idx = np.linspace(0, len(files) - 1, m).round().astype(int)
-        for i in idx:
-            img = cv2.imread(str(files[i]), cv2.IMREAD_GRAYSCALE)
-            if img is None:
-                raise ValueError(f"cannot decode {files[i]}")
-            frames.append(img)
-    return np.stack(frames)
-
-
-def load_cifar_test_images(tar_path, n: int) -> np.ndarray:
-    """First ``n`` CIFAR-10 test images (round-robin over classes): uint8 RGB ``[n, 32, 32, 3]``."""
-    import tarfile
-
-    import cv2
-
-    from vl2spike_ros.paths import cifar10_tar
-
-    by_class: dict[str, list] = {}
-    with tarfile.open(cifar10_tar(tar_path)) as tf:
-        for member in tf:
-            parts = member.name.strip("./").split("/")
-            if len(parts) != 3 or parts[0] != "test" or not member.isfile():
-                continue
-            lst = by_class.setdefault(parts[1], [])
-            if len(lst) < n:
-                buf = np.frombuffer(tf.extractfile(member).read(), np.uint8)
-                lst.append(cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
-    if not by_class:
-        raise ValueError(f"no test/<class>/*.jpg members in {tar_path}")
-    out, i = [], 0
-    while len(out) < n and any(by_class.values()):
-        lst = list(by_class.values())[i % len(by_class)]
-        if lst:
-            out.append(lst.pop(0))
-        i += 1
-    return np.stack(out)
-
-
+# ----------------------------------------------------------------------------- inputs
 def student_input(images: np.ndarray, cfg, norm: str = "image") -> torch.Tensor:
     """uint8 images -> the student's float input ``[N, C, H, W]``.
 
@@ -95,30 +45,28 @@ def teacher_input(images: np.ndarray) -> torch.Tensor:
 
 
 class ClipImageTower(nn.Module):
-    """open_clip image tower as a teacher: RGB ``[B,3,H,W]`` in [0,1] -> bilinear resize to the
-    tower's input (224) -> CLIP normalisation -> L2-normalised embedding ``[B, D]``.
+    """An open_clip image tower as a teacher: RGB ``[B,3,H,W]`` in [0,1] -> ``[B, D]``.
 
+    The tower's own preprocessing (:func:`~vl2spike_ros.train.teachers.clip_preprocess`:
+    bilinear resize to its input, CLIP normalisation), then the L2-normalised embedding.
     ``pretrained=None`` builds the real architecture with random weights (enough for MACs and
-    speed; no pretrained weights are available offline)."""
+    speed; no pretrained weights are available offline).
+    """
 
     def __init__(self, arch: str = "ViT-B-32", pretrained: str | None = None) -> None:
         super().__init__()
         import open_clip
 
+        from vl2spike_ros.train.teachers import clip_preprocess
+
         model = open_clip.create_model(arch, pretrained=pretrained)
         self.visual = model.visual.eval()
         self.arch, self.pretrained = arch, pretrained
-        size = getattr(self.visual, "image_size", 224)
-        self.size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-        mean = getattr(self.visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)
-        std = getattr(self.visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+        self.preprocess = clip_preprocess(self.visual)
+        self.size = self.preprocess.size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = torch.nn.functional.interpolate(images, size=self.size, mode="bilinear",
-                                            align_corners=False)
-        return torch.nn.functional.normalize(self.visual((x - self.mean) / self.std), dim=-1)
+        return torch.nn.functional.normalize(self.visual(self.preprocess(images)), dim=-1)
 
 
 # ----------------------------------------------------------------------------- full report
@@ -131,11 +79,12 @@ TARGET_RATIO = 0.10
 
 def resolve_student(variant: str | None, weights: str | None, calib: torch.Tensor | None
                     ) -> tuple[nn.Module, dict]:
-    """The student to measure and a description of its weights.
+    """Return the student to measure and a description of its weights.
 
     ``weights`` given: load it (``variant``, if given, must match). Otherwise the packaged
     default VPR weights for ``spikformer_vpr`` when present, else random weights with BatchNorm
-    calibrated on ``calib`` (a fresh eval-mode model would not fire)."""
+    calibrated on ``calib`` (a fresh eval-mode model would not fire).
+    """
     from vl2spike_ros import models
 
     if weights is None and (variant or "spikformer_vpr") == "spikformer_vpr":
@@ -157,36 +106,36 @@ def resolve_student(variant: str | None, weights: str | None, calib: torch.Tenso
                    "weights_hash": None, "trained": False}
 
 
-def _vpr_output(model: nn.Module, weights: str | None) -> str | Callable:
-    """VPR weights (``metadata.vpr`` present): their place descriptor as used for matching
-    (spatial head, whitening); otherwise ``model.descriptor``."""
+def _vpr_output(model: nn.Module, weights: str | None
+                ) -> tuple[nn.Module, str, str | Callable]:
+    """Return (model to measure, input normalisation, ``output`` for ``student_energy``).
+
+    VPR weights (``metadata.vpr`` present): their place descriptor as used for matching
+    (descriptor mode, whitening counted as MACs) on its own backbone; otherwise
+    ``model.descriptor``.
+    """
     from vl2spike_ros import models
 
-    weights = weights or (str(models.default_vpr_weights())
-                          if models.default_vpr_weights().is_file() else None)
-    if weights is None or "vpr" not in models.read_model_meta(weights).get("metadata", {}):
-        return "descriptor"
-    from vl2spike_ros.vpr.descriptors import check_mode, place_descriptor
-    from vl2spike_ros.vpr.pipeline import attach_whitening
+    if weights is None or "vpr" not in models.read_model_meta(weights)["metadata"]:
+        return model, IMAGE_NORM, "descriptor"
+    place = load_place_descriptor(weights)
 
-    vpr = models.read_model_meta(weights)["metadata"]["vpr"]
-    model.vpr_descriptor = check_mode(vpr.get("descriptor", "pooled"))
-    attach_whitening(model, weights)
-
-    def place_descriptor_(x: torch.Tensor) -> torch.Tensor:
-        return place_descriptor(model, x)
-    place_descriptor_.__name__ = "place_descriptor"
-    return place_descriptor_
+    def place_descriptor(x: torch.Tensor) -> torch.Tensor:
+        return place(x)
+    return place.backbone, place.settings.input_norm, place_descriptor
 
 
 def load_real_images(in_chans: int, data_root: str | None, n: int) -> tuple[np.ndarray, str]:
     """``n`` real uint8 images: Nordland frames for grey variants, CIFAR-10 test for colour."""
+    from vl2spike_ros.data.cifar import load_cifar10_tar, round_robin
+    from vl2spike_ros.data.datasets import load_nordland_spread
     from vl2spike_ros.paths import data_root as _root
 
-    root = _root() if data_root is None else __import__("pathlib").Path(data_root)
+    root = _root() if data_root is None else Path(data_root)
     if in_chans == 1:
-        return load_nordland_frames(root / "nordland", n), "nordland (summer+winter, even spread)"
-    return load_cifar_test_images(root / "cifar10.tar", n), "cifar10 test (round-robin classes)"
+        return load_nordland_spread(root / "nordland", n), "nordland (summer+winter, even spread)"
+    test = load_cifar10_tar(root / "cifar10.tar", "test")
+    return round_robin(test, n), "cifar10 test (round-robin classes)"
 
 
 def _proxy_teacher_energy(images: torch.Tensor) -> dict:
@@ -195,7 +144,6 @@ def _proxy_teacher_energy(images: torch.Tensor) -> dict:
     except ImportError as exc:
         return {"skipped": f"ProxyTeacher not importable ({exc})"}
     try:
-        from pathlib import Path
         trained = Path(PROXY_ASSET).is_file()
         teacher = ProxyTeacher.load() if trained else ProxyTeacher()
     except Exception as exc:  # optional part: report why it is missing, keep the rest
@@ -214,7 +162,7 @@ def energy_report(variant: str | None = None, weights: str | None = None,
 
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
-    if weights is not None and not __import__("pathlib").Path(weights).is_file():
+    if weights is not None and not Path(weights).is_file():
         raise FileNotFoundError(f"student weights {weights} not found")
     in_chans = (models.read_model_meta(weights)["config"]["in_chans"] if weights else
                 models.get_config(variant or "spikformer_vpr").in_chans)
@@ -223,10 +171,9 @@ def energy_report(variant: str | None = None, weights: str | None = None,
     model, winfo = resolve_student(variant, weights, None if weights else
                                    student_input(calib_raw, models.get_config(
                                        variant or "spikformer_vpr")))
-    norm = (models.read_model_meta(weights).get("metadata", {}).get("vpr", {})
-            .get("input_norm", "image") if weights else "image")
+    model, norm, output = _vpr_output(model, winfo["weights"] if winfo["trained"] else None)
     x = student_input(meas_raw, model.config, norm)
-    student = student_energy(model, x, _vpr_output(model, weights))
+    student = student_energy(model, x, output)
     timgs = teacher_input(meas_raw)
     clip = ClipImageTower(clip_arch)
     teacher = teacher_energy(clip, timgs)

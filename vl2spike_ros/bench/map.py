@@ -13,12 +13,13 @@ log = logging.getLogger(__name__)
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("map", help="place-map search latency / load time (random vectors)")
-    p.add_argument("--places", type=int, default=100_000)
-    p.add_argument("--queries", type=int, default=500)
+    p.add_argument("--places", type=int, default=100_000, help="synthetic places in the map")
+    p.add_argument("--queries", type=int, default=500, help="timed queries")
     p.add_argument("--dim", type=int, default=None, help="default: the VPR model's descriptor dim")
     p.add_argument("--factories", default="Flat,HNSW32", help="comma-separated FAISS factories")
     p.add_argument("--threads", type=int, default=1, help="FAISS threads (node uses 1)")
-    p.add_argument("--json", default="bench/results/map_search.json", metavar="PATH")
+    p.add_argument("--json", default="bench/results/map_search.json", metavar="PATH",
+                   help="results JSON")
     p.set_defaults(func=_handler)
 
 

@@ -18,17 +18,16 @@ def _commit() -> str:
 
 def method_of(bench: dict, weights: str | Path) -> str:
     """Name of the benchmarked method whose weights file is byte-identical to ``weights``."""
-    from vl2spike_ros.vpr.pipeline import _file_hash
+    from vl2spike_ros.models import weights_hash
 
-    h = _file_hash(Path(weights))
+    h = weights_hash(weights)
     for name, m in bench["methods"].items():
         if m.get("model", {}).get("weights_hash") == h:
             return name
     raise ValueError(f"{weights} is not among the benchmarked weights")
 
 
-def _descriptor_text(info: dict, cfg: dict) -> str:
-    mode = info.get("vpr", {}).get("descriptor", "pooled")
+def _descriptor_text(mode: str, cfg: dict) -> str:
     if mode.startswith("stem"):
         return (f"spike rates (mean over T) after the first {mode[4:]} spiking conv stages of the "
                 "stem, flattened and L2-normalised (the attention block is not run)")
@@ -48,15 +47,8 @@ def _whitening_text(info: dict) -> str:
             f"{w['val_r1_raw']} -> {w['val_r1_whitened']})")
 
 
-def write_model_card(path: str | Path, bench: dict, weights: str | Path) -> None:
-    """Write the card for the default ``weights`` from their JSON and the bench results."""
-    row = method_of(bench, weights)
-    v = bench["methods"][row]
-    wpath = Path(weights)
-    meta = json.loads(wpath.with_suffix(".json").read_text())
-    info = meta.get("metadata", {})
-    cfg = meta["config"]
-    hist = info.get("history", [])
+def _result_rows(bench: dict) -> list[str]:
+    """Markdown table rows of the held-out results, one per method."""
     rows = []
     for name, m in bench["methods"].items():
         if "skipped" in m:
@@ -64,20 +56,42 @@ def write_model_card(path: str | Path, bench: dict, weights: str | Path) -> None
             continue
         rows.append(f"| {name} | {m['summer_to_winter']['tol1']['r1']:.1f} | "
                     f"{m['winter_to_summer']['tol1']['r1']:.1f} | {m['queries_per_s']:.0f} | "
-                    + (f"{m['energy_mj_per_query']:.4f}" if m.get("energy_mj_per_query") else "n/a")
+                    + (f"{m['energy_mj_per_query']:.4f}" if m.get("energy_mj_per_query")
+                       else "n/a")
                     + " |")
+    return rows
+
+
+def write_model_card(path: str | Path, bench: dict, weights: str | Path) -> None:
+    """Write the card for the default ``weights`` from their JSON and the bench results."""
+    row = method_of(bench, weights)
+    v = bench["methods"][row]
+    from vl2spike_ros.models import config_path_for, read_model_meta
+    from vl2spike_ros.vpr.place import settings_from_meta
+
+    wpath = Path(weights)
+    meta = read_model_meta(wpath)
+    settings = settings_from_meta(meta, str(config_path_for(wpath)))
+    info = meta["metadata"]
+    cfg = meta["config"]
+    hist = info.get("history", [])
+    rows = _result_rows(bench)
     sel = info.get("selected_as_default", {})
     text = f"""# vpr_default: Spikformer place-recognition weights (`{info.get('name')}`)
 
 - Selected as the default: {sel or 'n/a'} (held-out row: `{row}`)
 
-- File: `{wpath.name}` ({wpath.stat().st_size / 1e6:.2f} MB), sha256[:16] `{meta.get('weights_sha256_16')}`
-- Architecture: `{cfg['name']}` (Spikformer, spikingjelly 2.0.0 LIF), input {cfg['in_chans']}x{cfg['img_size'][0]}x{cfg['img_size'][1]} grey,
-  patch {cfg['patch_size']}, embed {cfg['embed_dim']}, depth {cfg['depth']}, heads {cfg['num_heads']}, T={cfg['T']}
-- Place descriptor: `{info.get('vpr', {}).get('descriptor', 'pooled')}` = {_descriptor_text(info, cfg)}
-  {_whitening_text(info)}; the final descriptor is {v['descriptor_dim']}-d, cosine / inner-product matching.
+- File: `{wpath.name}` ({wpath.stat().st_size / 1e6:.2f} MB), \
+sha256[:16] `{meta.get('weights_sha256_16')}`
+- Architecture: `{cfg['name']}` (Spikformer, spikingjelly 2.0.0 LIF), \
+input {cfg['in_chans']}x{cfg['img_size'][0]}x{cfg['img_size'][1]} grey,
+  patch {cfg['patch_size']}, embed {cfg['embed_dim']}, depth {cfg['depth']}, \
+heads {cfg['num_heads']}, T={cfg['T']}
+- Place descriptor: `{settings.mode}` = {_descriptor_text(settings.mode, cfg)}
+  {_whitening_text(info)}; the final descriptor is {v['descriptor_dim']}-d, \
+cosine / inner-product matching.
 - Preprocessing: INTER_AREA resize to 64x32, grey, standardisation
-  `{info.get('vpr', {}).get('input_norm', 'image')}` (`vl2spike_ros.vpr.descriptors.prepare_image`).
+  `{settings.input_norm}` (`vl2spike_ros.vpr.descriptors.prepare_image`).
 - Data: {info.get('data', {})}
 - Loss: {info.get('loss')}
 - Teacher: {info.get('teacher')}

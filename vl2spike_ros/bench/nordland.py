@@ -1,5 +1,7 @@
-"""Nordland held-out benchmark: every method, both directions, tolerances 0/1/2, single-frame
-and sequence-consistent matching, speed and energy per query.
+"""Nordland held-out benchmark.
+
+Every method, both directions, tolerances 0/1/2, single-frame and sequence-consistent
+matching, speed and energy per query.
 """
 from __future__ import annotations
 
@@ -65,7 +67,7 @@ def evaluate_method(method: Method, seasons: dict[str, np.ndarray], tolerances=(
 
 def evaluate_similarity(sims: dict[str, np.ndarray], query_seconds: dict[str, float],
                         tolerances=(0, 1, 2), seq_len: int = 5) -> tuple[dict, dict]:
-    """Same protocol and result layout as :func:`evaluate_method` for precomputed similarities.
+    """Evaluate precomputed similarities like :func:`evaluate_method` (same result layout).
 
     ``sims[direction]`` is ``[Q, M]`` (query i shows database place i; higher = more similar)
     for every direction in :data:`DIRECTIONS`; ``query_seconds[direction]`` is the measured time
@@ -91,22 +93,20 @@ def evaluate_similarity(sims: dict[str, np.ndarray], query_seconds: dict[str, fl
     return out, curves
 
 
-def model_energy(model, images: np.ndarray, n: int = 32) -> dict:
-    """Energy per query (mJ) and firing rate of a Spikformer or CNN on ``n`` held-out images."""
+def model_energy(place, images: np.ndarray, n: int = 32) -> dict:
+    """Measure energy per query (mJ) and firing rate of a place descriptor.
+
+    ``place`` is a :class:`~vl2spike_ros.vpr.place.PlaceDescriptor` (Spikformer or CNN
+    backbone), measured on ``n`` held-out images.
+    """
     from vl2spike_ros import energy as en
-    from vl2spike_ros.vpr.descriptors import (input_norm, model_input_spec, place_descriptor,
-                                              preprocess)
 
-    size, chans = model_input_spec(model)
-    x = preprocess(images[:n], size, chans, input_norm(model))
-
-    def describe(t: torch.Tensor) -> torch.Tensor:   # what matching uses: head + whitening
-        return place_descriptor(model, t)
-    if hasattr(model, "lif_nodes"):
-        r = en.student_energy(model, x, output=describe)
+    x = place.preprocess(images[:n])
+    if place.is_spiking:   # counted through what matching uses: head + whitening
+        r = en.student_energy(place.backbone, x, output=place)
         return {"energy_mj_per_query": r["energy_mj"], "firing_rate": r["firing_rate"],
                 "sops": r["sops"], "macs": r["macs"]}
-    r = en.teacher_energy(describe, x)
+    r = en.teacher_energy(place, x)
     return {"energy_mj_per_query": r["energy_mj"], "macs": r["macs"]}
 
 

@@ -31,15 +31,17 @@ def register(subparsers) -> None:
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS),
                    help="student variants (first one is the headline 'student')")
     p.add_argument("--weights", default=None, help="student weights for the first variant")
-    p.add_argument("--clip-arch", default="ViT-B-32")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--clip-arch", default="ViT-B-32", help="open_clip image tower to compare")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--batch", type=int, default=32, help="batch size for throughput")
     p.add_argument("--seconds", type=float, default=4.0,
                    help="time budget per (model, mode, batch size) measurement")
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    help="skip the torch.compile mode of the students (compiling takes ~20-60 s "
                         "per model and batch size on 2 cores)")
-    p.add_argument("--data-root", default=None)
+    p.add_argument("--data-root", default=None,
+                   help="folder holding nordland/ (default: $VL2SPIKE_DATA_ROOT or "
+                        "../shared/data)")
     p.set_defaults(func=run)
 
 
@@ -118,17 +120,17 @@ def _frames(data_root: str | None, n: int):
     """Real Nordland frames (uint8 [n,32,64]) if the data is there, else seeded noise."""
     import numpy as np
 
-    from vl2spike_ros.bench.energy import load_nordland_frames
+    from vl2spike_ros.data.datasets import load_nordland_spread
     from vl2spike_ros.paths import data_root as _root
 
     root = Path(data_root) if data_root else _root(required=False)
     if root is not None and (root / "nordland").is_dir():
-        return load_nordland_frames(root / "nordland", n), "nordland"
+        return load_nordland_spread(root / "nordland", n), "nordland"
     return np.random.default_rng(0).integers(0, 256, (n, 32, 64), dtype=np.uint8), "random"
 
 
 def _busy_processes(n: int = 5) -> list[str]:
-    """The ``n`` most CPU-hungry other processes (``ps``), to record what shared the CPU."""
+    """List the ``n`` most CPU-hungry other processes (``ps``): what shared the CPU."""
     import subprocess
 
     try:
@@ -140,25 +142,14 @@ def _busy_processes(n: int = 5) -> list[str]:
     return [r[1][:120] for r in rows if len(r) == 2 and r[0] != str(os.getpid())][:n]
 
 
-class _PlaceDescriptor:
-    """A VPR model timed through what matching uses: ``descriptor(x)`` = the place descriptor
-    (descriptor mode + whitening of its weights), with the model's input normalisation."""
-
-    def __init__(self, model) -> None:
-        self.model, self.config = model, model.config
-
-    def descriptor(self, x):
-        from vl2spike_ros.vpr.descriptors import place_descriptor
-        return place_descriptor(self.model, x)
-
-    def to(self, *args, **kwargs) -> "_PlaceDescriptor":
-        self.model = self.model.to(*args, **kwargs)
-        return self
-
-
 def _student(variant: str, weights: str | None):
-    """(model to time, weights description, input normalisation)."""
+    """Return (module to time, its backbone config, weights description, input normalisation).
+
+    VPR weights are timed through what matching uses: their place descriptor (descriptor mode +
+    whitening), with their input normalisation.
+    """
     from vl2spike_ros import models
+    from vl2spike_ros.vpr.place import load_place_descriptor
 
     if weights is None and variant == "spikformer_vpr" and models.default_vpr_weights().is_file():
         weights = str(models.default_vpr_weights())
@@ -166,14 +157,13 @@ def _student(variant: str, weights: str | None):
         m = models.load_model(weights)  # the file's own config (e.g. its descriptor size)
         if m.config.name != variant:
             raise ValueError(f"{weights} holds variant {m.config.name!r}, not {variant!r}")
-        if "vpr" in models.read_model_meta(weights).get("metadata", {}):
-            from vl2spike_ros.vpr.descriptors import input_norm
-            from vl2spike_ros.vpr.pipeline import load_vpr_model
-            vm = load_vpr_model(weights)[0]
-            return _PlaceDescriptor(vm), f"{weights} (place descriptor)", input_norm(vm)
-        return m, str(weights), "image"
-    return (models.create_model(variant).eval(), "random (speed does not depend on weights)",
-            "image")
+        if "vpr" in models.read_model_meta(weights)["metadata"]:
+            place = load_place_descriptor(weights)
+            return (place, m.config, f"{weights} (place descriptor)",
+                    place.settings.input_norm)
+        return m, m.config, str(weights), "image"
+    m = models.create_model(variant).eval()
+    return m, m.config, "random (speed does not depend on weights)", "image"
 
 
 def run_speed(variants: list[str], weights: str | None = None, clip_arch: str = "ViT-B-32",
@@ -196,13 +186,13 @@ def run_speed(variants: list[str], weights: str | None = None, clip_arch: str = 
                            "load_avg_before": [round(v, 2) for v in load_before],
                            "busy_processes_before": _busy_processes()}
     jobs = [("student", v) for v in variants] + [("teacher", clip_arch)]
-    for kind, name in tqdm(jobs, desc="bench speed", unit="model"):
+    for kind, name in tqdm(jobs, desc="bench speed", unit="model", disable=None):
         if kind == "student":
-            model, wdesc, norm = _student(name, weights if name == variants[0] else None)
-            x = student_input(frames, model.config, norm)
-            heavy = model.config.img_size[0] * model.config.img_size[1] > 128 * 128
+            model, cfg, wdesc, norm = _student(name, weights if name == variants[0] else None)
+            x = student_input(frames, cfg, norm)
+            heavy = cfg.img_size[0] * cfg.img_size[1] > 128 * 128
             r = measure_model(model, x[:1], x, seconds, compile_, heavy)
-            r.update(weights=wdesc, img_size=list(model.config.img_size), T=model.config.T)
+            r.update(weights=wdesc, img_size=list(cfg.img_size), T=cfg.T)
             res["students"][name] = r
         else:
             tower = ClipImageTower(name).eval()
@@ -229,16 +219,17 @@ def run_speed(variants: list[str], weights: str | None = None, clip_arch: str = 
 def format_table(res: dict) -> str:
     key = f"fps_batch{res['batch']}"
     rows = [("model", "mode", "b1 p50 ms", "b1 p95 ms", "b1 fps", f"b{res['batch']} fps")]
-    named = [(n, r) for n, r in res["students"].items()] + [("teacher " + res["teacher"]["name"]
-                                                              .split(" (")[0], res["teacher"])]
+    teacher = "teacher " + res["teacher"]["name"].split(" (")[0]
+    named = [(n, r) for n, r in res["students"].items()] + [(teacher, res["teacher"])]
     for n, r in named:
         for mode, m in r["modes"].items():
             if "error" in m:
                 rows.append((n, mode, "error", "", "", ""))
                 continue
             star = "*" if mode == r["mode"] else ""
-            rows.append((n, mode + star, f"{m['latency_ms_p50']:.2f}", f"{m['latency_ms_p95']:.2f}",
-                         f"{m['fps_batch1']:.1f}", f"{m[key]:.1f}"))
+            rows.append((n, mode + star, f"{m['latency_ms_p50']:.2f}",
+                         f"{m['latency_ms_p95']:.2f}", f"{m['fps_batch1']:.1f}",
+                         f"{m[key]:.1f}"))
     w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(x) for c, x in zip(r, w)) for r in rows]
     lines.insert(1, "  ".join("-" * x for x in w))
@@ -250,7 +241,7 @@ def format_table(res: dict) -> str:
 
 
 def plot_speed(res: dict, path) -> None:
-    """Grouped bars: batch-1 fps and batch-N fps per model (best mode), log scale."""
+    """Plot grouped bars: batch-1 fps and batch-N fps per model (best mode), log scale."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,7 +1,9 @@
-"""``vl2spike bench vpr``: Nordland held-out comparison (SAD, HOG, HOG + learned whitening,
-VPRTempo, ANN teacher, Spikformer direct, equal-budget control, Spikformer distilled = vl2spike).
-Uses trained weights; ``--train`` retrains. The targets compare vl2spike with the issue's
-baselines (SAD, HOG, VPRTempo)."""
+"""``vl2spike bench vpr``: Nordland held-out comparison.
+
+SAD, HOG, HOG + learned whitening, VPRTempo, ANN teacher, Spikformer direct, equal-budget
+control, Spikformer distilled (= vl2spike). Uses trained weights; ``--train`` retrains. The
+targets compare vl2spike with the issue's baselines (SAD, HOG, VPRTempo).
+"""
 from __future__ import annotations
 
 import logging
@@ -14,11 +16,16 @@ DIRECT = "vpr_spikformer_direct.safetensors"
 DISTILLED = "vpr_spikformer_distilled.safetensors"
 CONTINUED = "vpr_spikformer_direct_continued.safetensors"  # equal-budget control (no teacher)
 VPRTEMPO_JSON = Path("bench/results/vprtempo_nordland.json")  # written by `make bench-vprtempo`
+ISSUE_BASELINES = ("sad", "hog", "vprtempo")
+TARGET_MARGIN_POINTS = 6.63  # vl2spike R@1 (tol 1) >= best issue baseline + this, each direction
+TARGET_QUERIES_PER_S = 300
+DIRECTION_NAMES = ("summer_to_winter", "winter_to_summer")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("vpr", help="Nordland VPR benchmark (held-out 40 %%, both seasons)")
-    p.add_argument("--json", default="bench/results/vpr_nordland.json", metavar="PATH")
+    p.add_argument("--json", default="bench/results/vpr_nordland.json", metavar="PATH",
+                   help="results JSON")
     p.add_argument("--md", default=None, metavar="PATH", help="default: JSON path with .md")
     p.add_argument("--plot", default=None, metavar="PNG", help="default: <json stem>_pr.png")
     p.add_argument("--data-root", default=None, help="folder holding nordland/ (default: paths)")
@@ -40,24 +47,25 @@ def register(subparsers) -> None:
 
 
 def _targets(methods: dict) -> dict:
-    base = {k: v for k, v in methods.items() if k in ("sad", "hog", "vprtempo") and "skipped" not in v}
-    out = {"margin_points": 6.63, "min_queries_per_s": 300}
+    """Compare vl2spike with the best issue baseline per direction, and check its speed."""
+    base = {k: v for k, v in methods.items() if k in ISSUE_BASELINES and "skipped" not in v}
+    out = {"margin_points": TARGET_MARGIN_POINTS, "min_queries_per_s": TARGET_QUERIES_PER_S}
     if "vl2spike" not in methods or "skipped" in methods["vl2spike"] or not base:
         return out
     v = methods["vl2spike"]
-    for d in ("summer_to_winter", "winter_to_summer"):
+    for d in DIRECTION_NAMES:
         best = max(base, key=lambda k: base[k][d]["tol1"]["r1"])
         b = base[best][d]["tol1"]["r1"]
         out[d] = {"best_baseline": best, "baseline_r1": b, "vl2spike_r1": v[d]["tol1"]["r1"],
                   "margin": v[d]["tol1"]["r1"] - b,
-                  "met": v[d]["tol1"]["r1"] >= b + 6.63}
-    out["speed_met"] = v["queries_per_s"] >= 300
+                  "met": v[d]["tol1"]["r1"] >= b + TARGET_MARGIN_POINTS}
+    out["speed_met"] = v["queries_per_s"] >= TARGET_QUERIES_PER_S
     return out
 
 
 def load_vprtempo(path: str | Path | None, seq_len: int,
                   n_places: int) -> tuple[dict, dict | None]:
-    """VPRTempo result (run in its own venv) -> (method result, PR curves or None).
+    """Read the VPRTempo result (run in its own venv): (method result, PR curves or None).
 
     ``path=None`` uses :data:`VPRTEMPO_JSON` when present, else a ``skipped`` entry. An explicit
     path that is missing raises ``FileNotFoundError``; bad JSON or layout raises ``ValueError``.
@@ -89,29 +97,31 @@ def _train(ns, root, wdir: Path) -> dict:
     return main_train(root, wdir, ns.vl2spike_weights, None, ns.ckpt_dir)
 
 
-def _hog_whitened(root: Path, val_frac: float = 0.1):
-    """HOG + the learned whitening our models use, fitted the same way (training places of the
-    training segment, validation places left out): a fair reference for whitened descriptors,
-    not one of the issue's baselines."""
+def _hog_whitened(root: Path):
+    """HOG + the learned whitening our models use, fitted the same way.
+
+    Fitted on the training places of the training segment (validation places left out): a fair
+    reference for whitened descriptors, not one of the issue's baselines.
+    """
     import torch
 
-    from vl2spike_ros.vpr.baselines import cosine_similarity, hog_descriptors
     from vl2spike_ros.data.datasets import load_nordland
-    from vl2spike_ros.vpr.runner import Method
+    from vl2spike_ros.train.recipes import VAL_FRACTION, split_val
     from vl2spike_ros.train.whiten import WHITEN_DIM, WHITEN_SHRINK
+    from vl2spike_ros.vpr.baselines import cosine_similarity, hog_descriptors
+    from vl2spike_ros.vpr.runner import Method
     from vl2spike_ros.vpr.whitening import fit_whitening
 
     s, w = (load_nordland(root, season, "train")[0] for season in ("summer", "winter"))
-    cut = int(round(len(s) * (1 - val_frac)))
-    wh = fit_whitening(hog_descriptors(s[:cut]), hog_descriptors(w[:cut]), WHITEN_DIM,
-                       WHITEN_SHRINK)
+    s, w, _, _ = split_val(s, w, VAL_FRACTION)
+    wh = fit_whitening(hog_descriptors(s), hog_descriptors(w), WHITEN_DIM, WHITEN_SHRINK)
     return Method("hog_whitened", lambda x: wh(torch.from_numpy(hog_descriptors(x))).numpy(),
                   cosine_similarity, faiss_ok=True)
 
 
 def _methods(ns, wdir: Path, root: Path):
     from vl2spike_ros.models import default_vpr_weights
-    from vl2spike_ros.vpr.pipeline import load_vpr_model
+    from vl2spike_ros.vpr.place import load_place_descriptor
     from vl2spike_ros.vpr.runner import baseline_method, model_method
 
     yield "sad", baseline_method("sad"), None, None
@@ -130,47 +140,35 @@ def _methods(ns, wdir: Path, root: Path):
         if not p.is_file():
             yield name, None, f"weights {p} not found (run with --train)", None
             continue
-        model, meta = load_vpr_model(p)
-        if ns.no_whitening and getattr(model, "vpr_whitening", None) is not None:
-            from vl2spike_ros.vpr.descriptors import descriptor_dim
-            model.vpr_whitening = None
-            meta = {**meta, "descriptor_dim": descriptor_dim(model), "whitening": "disabled"}
-        yield name, model_method(model, name), None, (model, meta, p)
+        place = load_place_descriptor(p)
+        if ns.no_whitening and place.whitening is not None:
+            place = place.with_whitening(None)
+            meta = {**place.model_meta(), "whitening": "disabled"}
+        else:
+            meta = place.model_meta()
+        yield name, model_method(place, name), None, (place, meta, p)
 
 
-def _handler(ns) -> int:
-    import json
+def _protocol(ns, root: Path) -> dict:
+    """Return the benchmark's protocol block (what was evaluated, how)."""
+    from vl2spike_ros.data.datasets import NORDLAND_TRAIN_FRACTION as f
 
-    from vl2spike_ros.atomic import write_bytes_atomic, write_json_atomic
-    from vl2spike_ros.paths import nordland_root
-    from vl2spike_ros.data.datasets import load_nordland
-    from vl2spike_ros.bench.nordland import (evaluate_method, markdown_table, model_energy,
-                                                 plot_curves)
+    return {"dataset": str(root),
+            "split": f"held-out: last {1 - f:.0%} of places (train: first {f:.0%})",
+            "tolerances_frames": [0, 1, 2], "recall_unit": "percent",
+            "seq_len": ns.seq_len, "directions": "query season -> database season",
+            "whitening": "disabled (ablation)" if ns.no_whitening else "as stored in the weights",
+            "torch_threads": ns.threads}
 
-    import torch
 
-    if ns.no_whitening and ns.model_card:
-        raise SystemExit("vl2spike bench vpr: --model-card describes the weights as shipped; "
-                         "do not combine it with --no-whitening")
-    torch.set_num_threads(ns.threads)
-    root = nordland_root(Path(ns.data_root) / "nordland" if ns.data_root else None)
-    wdir = Path(ns.weights_dir)
-    res = {"protocol": {"dataset": str(root), "split": "held-out: last 40% of places (train: first 60%)",
-                        "tolerances_frames": [0, 1, 2], "recall_unit": "percent",
-                        "seq_len": ns.seq_len, "directions": "query season -> database season",
-                        "whitening": "disabled (ablation)" if ns.no_whitening else
-                                     "as stored in the weights",
-                        "torch_threads": ns.threads},
-           "methods": {}}
-    if ns.train:
-        res["train_seconds"] = _train(ns, root, wdir)
-    seasons = {s: load_nordland(root, s, "test")[0] for s in ("summer", "winter")}
-    res["protocol"]["n_places"] = int(len(seasons["summer"]))
-    vt = load_vprtempo(ns.vprtempo_json, ns.seq_len, len(seasons["summer"]))  # fail before work
-    curves = {}
+def _evaluate_all(ns, wdir: Path, root: Path, seasons: dict) -> tuple[dict, dict]:
+    """Evaluate every method on the held-out ``seasons``; return (results, PR curves)."""
+    from vl2spike_ros.bench.nordland import evaluate_method, model_energy
+
+    results, curves = {}, {}
     for name, method, skipped, model_info in _methods(ns, wdir, root):
         if method is None:
-            res["methods"][name] = {"skipped": skipped}
+            results[name] = {"skipped": skipped}
             continue
         log.info("evaluating %s", name)
         r, c = evaluate_method(method, seasons, seq_len=ns.seq_len)
@@ -179,24 +177,56 @@ def _handler(ns) -> int:
             r.update(model_energy(model, seasons["summer"]))
             r.update({"weights": str(p), "model": meta,
                       "params": int(sum(t.numel() for t in model.parameters()))})
-        res["methods"][name] = r
+        results[name] = r
         curves[name] = c
         print(f"{name}: R@1 tol1 S->W {r['summer_to_winter']['tol1']['r1']:.1f}% "
               f"W->S {r['winter_to_summer']['tol1']['r1']:.1f}%, {r['queries_per_s']:.0f} q/s")
+    return results, curves
+
+
+def _write_results(ns, res: dict, curves: dict) -> str:
+    """Write JSON, Markdown table, PR plot (and model card); return the Markdown table."""
+    import json
+
+    from vl2spike_ros.atomic import write_bytes_atomic, write_json_atomic
+    from vl2spike_ros.bench.nordland import markdown_table, plot_curves
+
+    out = Path(ns.json)
+    write_json_atomic(out, res)
+    md = markdown_table(res)
+    text = ("# Nordland VPR benchmark (held-out 40 %)\n\nRecall in percent.\n\n" + md
+            + "\n```json\n" + json.dumps(res["targets"], indent=2) + "\n```\n")
+    write_bytes_atomic(Path(ns.md) if ns.md else out.with_suffix(".md"), text.encode())
+    plot_curves(curves, Path(ns.plot) if ns.plot else out.with_name(out.stem + "_pr.png"))
+    if ns.model_card:
+        from vl2spike_ros.bench.model_card import write_model_card
+        from vl2spike_ros.models import default_vpr_weights
+        write_model_card(ns.model_card, res, default_vpr_weights())
+    return md
+
+
+def _handler(ns) -> int:
+    import torch
+
+    from vl2spike_ros.data.datasets import load_nordland
+    from vl2spike_ros.paths import nordland_root
+
+    if ns.no_whitening and ns.model_card:
+        raise SystemExit("vl2spike bench vpr: --model-card describes the weights as shipped; "
+                         "do not combine it with --no-whitening")
+    torch.set_num_threads(ns.threads)
+    root = nordland_root(Path(ns.data_root) / "nordland" if ns.data_root else None)
+    wdir = Path(ns.weights_dir)
+    res = {"protocol": _protocol(ns, root), "methods": {}}
+    if ns.train:
+        res["train_seconds"] = _train(ns, root, wdir)
+    seasons = {s: load_nordland(root, s, "test")[0] for s in ("summer", "winter")}
+    res["protocol"]["n_places"] = int(len(seasons["summer"]))
+    vt = load_vprtempo(ns.vprtempo_json, ns.seq_len, len(seasons["summer"]))  # fail before work
+    res["methods"], curves = _evaluate_all(ns, wdir, root, seasons)
     res["methods"]["vprtempo"], c = vt
     if c is not None:
         curves["vprtempo"] = c
     res["targets"] = _targets(res["methods"])
-    out = Path(ns.json)
-    write_json_atomic(out, res)
-    md = markdown_table(res)
-    write_bytes_atomic(Path(ns.md) if ns.md else out.with_suffix(".md"),
-                       ("# Nordland VPR benchmark (held-out 40 %)\n\nRecall in percent.\n\n" + md
-                        + "\n```json\n" + json.dumps(res["targets"], indent=2) + "\n```\n").encode())
-    plot_curves(curves, Path(ns.plot) if ns.plot else out.with_name(out.stem + "_pr.png"))
-    if ns.model_card:
-        from vl2spike_ros.models import default_vpr_weights
-        from vl2spike_ros.bench.model_card import write_model_card
-        write_model_card(ns.model_card, res, default_vpr_weights())
-    print(md)
+    print(_write_results(ns, res, curves))
     return 0

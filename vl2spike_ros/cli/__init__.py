@@ -14,10 +14,11 @@ import pkgutil
 import sys
 
 from vl2spike_ros import __version__
+from vl2spike_ros.cli.common import Parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(  # help texts show defaults, in every subcommand too
         prog="vl2spike",
         description="Spikformer place recognition distilled from a vision-language model.",
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-BENCHES = ("distill", "energy", "map", "speed", "vpr")
+BENCHES = ("distill", "energy", "map", "neuromorphic", "speed", "vpr")
 
 
 def register(subparsers) -> None:

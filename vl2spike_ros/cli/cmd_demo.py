@@ -19,7 +19,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: out/demo-<date-time>)")
     p.add_argument("--data-root", type=Path, default=None,
-                   help="folder holding nordland/ (default: $VL2SPIKE_DATA_ROOT or ../shared/data)")
+                   help="folder holding nordland/"
+                        " (default: $VL2SPIKE_DATA_ROOT or ../shared/data)")
     p.add_argument("--weights", type=Path, default=None,
                    help="VPR weights .safetensors (default: the packaged ones, built by "
                         "`make weights`)")
@@ -39,7 +40,10 @@ def register(subparsers) -> None:
 
 
 def summary_line(report: dict) -> str:
-    """The last output line, ``demo: recall@1=... latency_p95_ms=... fps=... energy_mj=...``."""
+    """Return the last output line.
+
+    ``demo: recall@1=... latency_p95_ms=... fps=... energy_mj=...``
+    """
     energy = report["energy_mj_per_frame"]
     return (f"demo: recall@1={report['recall']['r1']:.2f} "
             f"latency_p95_ms={report['latency_ms_p95']:.2f} fps={report['fps']:.2f} "

@@ -5,11 +5,13 @@ import json
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("distill", help="train a Spikformer student by VL2Spike distillation")
+    p = subparsers.add_parser("distill",
+                              help="train a Spikformer student by VL2Spike distillation")
     p.add_argument("--config", required=True, help="YAML config (see config/distill/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set optim.epochs=2 (repeatable)")
-    p.add_argument("--out", required=True, help="output folder (model.safetensors, checkpoints, logs)")
+    p.add_argument("--out", required=True,
+                   help="output folder (model.safetensors, checkpoints, logs)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.set_defaults(func=_run)
 

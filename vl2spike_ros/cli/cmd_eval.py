@@ -1,14 +1,14 @@
 """``vl2spike eval``: database vs queries (folders or bags) -> Recall@N, PR-AUC, queries/s."""
 from __future__ import annotations
 
-import json
 import logging
-import sys
 
 log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
+    from vl2spike_ros.cli.cmd_replay import add_max_pixels_option
+
     p = subparsers.add_parser(
         "eval", help="evaluate place recognition: database vs query images",
         description="Database vs queries. Ground truth: query i shows database place i "
@@ -17,36 +17,44 @@ def register(subparsers) -> None:
     p.add_argument("--db", required=True, help="database image folder or bag")
     p.add_argument("--queries", required=True, help="query image folder or bag")
     p.add_argument("--weights", default=None, help="VPR weights (default: packaged default)")
-    p.add_argument("--method", default="model", choices=["model", "hog", "sad"])
+    p.add_argument("--method", default="model", choices=["model", "hog", "sad"],
+                   help="model: the VPR weights; hog / sad: the HOG and SAD baselines")
     p.add_argument("--tolerance", type=int, default=1, help="frame tolerance (default 1)")
     p.add_argument("--radius", type=float, default=None, help="metric radius (m) if positions")
     p.add_argument("--seq-len", type=int, default=1, help="sequence matching length (1 = off)")
     p.add_argument("--topic", default=None, help="image topic (bags)")
+    add_max_pixels_option(p)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--json", default=None, metavar="PATH", help="write metrics JSON here")
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="write the metrics JSON here ('-': to stdout, the summary to stderr)")
     p.add_argument("--plot", default=None, metavar="PNG", help="write the PR curve here")
     p.set_defaults(func=_handler)
 
 
 def run_eval(db: str, queries: str, weights: str | None = None, method: str = "model",
              tolerance: int = 1, radius: float | None = None, seq_len: int = 1,
-             topic: str | None = None) -> dict:
-    """Load both sides, evaluate one method, return the metrics dict (with ``_curve``)."""
-    from vl2spike_ros.vpr.runner import baseline_method, evaluate_sets, model_method
-    from vl2spike_ros.data.sources import load_source
+             source=None) -> dict:
+    """Load both sides, evaluate one method, return the metrics dict (with ``_curve``).
+    ``source``: a :class:`~vl2spike_ros.data.sources.SourceOptions` (image topic, pixel limit)."""
+    from vl2spike_ros.vpr.runner import (GroundTruth, baseline_method, evaluate_sets,
+                                         model_method)
+    from vl2spike_ros.data.sources import SourceOptions, load_source
 
     if tolerance < 0:
         raise ValueError(f"--tolerance must be >= 0, got {tolerance}")
     meta = None
     if method == "model":
-        from vl2spike_ros.vpr.pipeline import load_vpr_model
-        model, meta = load_vpr_model(weights)
-        m, size = model_method(model), tuple(meta["input_size"][1:])
+        from vl2spike_ros.vpr.place import load_place_descriptor
+        place = load_place_descriptor(weights)
+        meta = place.model_meta()
+        m, size = model_method(place), place.settings.img_size
     else:
         m, size = baseline_method(method), (32, 64)
-    d = load_source(db, size=size, topic=topic)
-    q = load_source(queries, size=size, topic=topic)
-    res = evaluate_sets(m, d.images, q.images, tolerance, radius, d.xy, q.xy, seq_len)
+    src = source or SourceOptions()
+    d = load_source(db, size=size, topic=src.topic, max_pixels=src.max_pixels)
+    q = load_source(queries, size=size, topic=src.topic, max_pixels=src.max_pixels)
+    res = evaluate_sets(m, d.images, q.images, GroundTruth(tolerance, radius, d.xy, q.xy),
+                        seq_len)
     res.update({"db": str(db), "queries": str(queries), "model": meta,
                 "weights": str(weights) if weights else "default"})
     return res
@@ -55,22 +63,21 @@ def run_eval(db: str, queries: str, weights: str | None = None, method: str = "m
 def _handler(ns) -> int:
     import torch
 
-    from vl2spike_ros.atomic import write_json_atomic
+    from vl2spike_ros.cli.common import print_summary, write_json_output
     from vl2spike_ros.vpr.evaluation import plot_pr, strip_curves
 
     torch.set_num_threads(ns.threads)
+    from vl2spike_ros.data.sources import SourceOptions
+
+    limit = {} if ns.max_pixels is None else {"max_pixels": ns.max_pixels}
     res = run_eval(ns.db, ns.queries, ns.weights, ns.method, ns.tolerance, ns.radius,
-                   ns.seq_len, ns.topic)
+                   ns.seq_len, SourceOptions(topic=ns.topic, **limit))
     if ns.plot:
         plot_pr({ns.method: res["_curve"]}, ns.plot, title=f"PR: {ns.queries} vs {ns.db}")
     out = strip_curves(res)
-    if ns.json:
-        write_json_atomic(ns.json, out)
+    write_json_output(ns.json, out)
     r = out["recall"]
-    print(f"{out['n_queries']} queries vs {out['n_db']} places ({out['ground_truth']}): "
-          + " ".join(f"R@{k[1:]}={v:.2f}%" for k, v in r.items())
-          + f" PR-AUC={out['pr_auc']:.3f} {out['queries_per_s']:.0f} queries/s")
-    if not ns.json:
-        json.dump(out, sys.stdout, indent=2)
-        print()
+    print_summary(f"{out['n_queries']} queries vs {out['n_db']} places ({out['ground_truth']}): "
+                  + " ".join(f"R@{k[1:]}={v:.2f}%" for k, v in r.items())
+                  + f" PR-AUC={out['pr_auc']:.3f} {out['queries_per_s']:.0f} queries/s", ns.json)
     return 0

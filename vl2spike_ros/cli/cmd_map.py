@@ -1,5 +1,25 @@
-"""``vl2spike map build``: image folder or bag -> place map folder (FAISS index + JSON)."""
+"""``vl2spike map build``: image folder or bag -> place map folder (FAISS index + JSON).
+
+The map folder is replaced atomically (``--overwrite``): a crash leaves the old map or the new
+one (see :mod:`vl2spike_ros.vpr.placemap`).
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vl2spike_ros.cli.cmd_replay import add_max_pixels_option
+
+
+@dataclass(frozen=True)
+class MapBuildOptions:
+    """Options of ``vl2spike map build`` besides source, output folder and weights."""
+
+    factory: str = "Flat"
+    topic: str | None = None
+    pose_topic: str | None = None
+    every: int = 1
+    overwrite: bool = False
+    max_pixels: int | None = None  # None: vl2spike_ros.io.decode.DEFAULT_MAX_PIXELS
 
 
 def register(subparsers) -> None:
@@ -16,48 +36,55 @@ def register(subparsers) -> None:
     b.add_argument("--pose-topic", default=None, help="pose topic (bags; default: the only one)")
     b.add_argument("--every", type=int, default=1, help="use every N-th frame")
     b.add_argument("--json", default=None, metavar="PATH", help="write a summary JSON")
-    b.add_argument("--overwrite", action="store_true", help="replace an existing map in --out")
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace an existing map in --out (atomically: old or new, never a mix)")
+    add_max_pixels_option(b)
     b.set_defaults(func=_build)
     i = sub.add_parser("info", help="print a map's metadata")
-    i.add_argument("map_dir")
-    i.add_argument("--json", default=None, metavar="PATH")
+    i.add_argument("map_dir", help="map folder (vl2spike map build)")
+    i.add_argument("--json", default=None, metavar="PATH",
+                   help="also write the printed metadata to this JSON file")
     i.set_defaults(func=_info)
 
 
 def build_map_from_source(source: str, out: str, weights: str | None = None,
-                          factory: str = "Flat", topic: str | None = None,
-                          pose_topic: str | None = None, every: int = 1,
-                          overwrite: bool = False) -> dict:
-    """Build and save a map; returns a summary dict. An existing map in ``out`` raises
-    ``FileExistsError`` unless ``overwrite``."""
+                          options: MapBuildOptions | None = None) -> dict:
+    """Build and save a map; return a summary dict.
+
+    An existing map in ``out`` raises ``FileExistsError`` unless ``options.overwrite``.
+    """
     import time
     from pathlib import Path
 
     from vl2spike_ros.vpr.placemap import META_FILE
 
-    from vl2spike_ros.vpr.pipeline import build_map, load_vpr_model
+    from vl2spike_ros.vpr.pipeline import build_map
+    from vl2spike_ros.vpr.place import load_place_descriptor
     from vl2spike_ros.data.sources import load_source
+    from vl2spike_ros.io.decode import DEFAULT_MAX_PIXELS
 
-    if every < 1:
-        raise ValueError(f"--every must be >= 1, got {every}")
-    if (Path(out) / META_FILE).exists() and not overwrite:
+    o = options or MapBuildOptions()
+    if o.every < 1:
+        raise ValueError(f"--every must be >= 1, got {o.every}")
+    if (Path(out) / META_FILE).exists() and not o.overwrite:
         raise FileExistsError(f"{out} holds a map already (pass --overwrite to replace it)")
     t0 = time.perf_counter()
-    model, meta = load_vpr_model(weights)
-    seq = load_source(source, size=tuple(meta["input_size"][1:]), topic=topic,
-                      pose_topic=pose_topic, every=every)
-    pm = build_map(model, meta, seq.images, seq.metas, factory)
+    place = load_place_descriptor(weights)
+    seq = load_source(source, size=place.settings.img_size, topic=o.topic,
+                      pose_topic=o.pose_topic, every=o.every,
+                      max_pixels=DEFAULT_MAX_PIXELS if o.max_pixels is None else o.max_pixels)
+    pm = build_map(place, seq.images, seq.metas, o.factory)
     pm.save(out)
-    return {"map": str(out), "source": str(source), "n_places": len(pm), "factory": factory,
-            "model": meta, "with_poses": seq.xy is not None,
+    return {"map": str(out), "source": str(source), "n_places": len(pm), "factory": o.factory,
+            "model": pm.model_meta, "with_poses": seq.xy is not None,
             "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def _build(ns) -> int:
     from vl2spike_ros.atomic import write_json_atomic
 
-    res = build_map_from_source(ns.source, ns.out, ns.weights, ns.factory, ns.topic,
-                                ns.pose_topic, ns.every, ns.overwrite)
+    res = build_map_from_source(ns.source, ns.out, ns.weights, MapBuildOptions(
+        ns.factory, ns.topic, ns.pose_topic, ns.every, ns.overwrite, ns.max_pixels))
     if ns.json:
         write_json_atomic(ns.json, res)
     print(f"map {res['map']}: {res['n_places']} places ({res['factory']}, "

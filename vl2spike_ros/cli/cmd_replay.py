@@ -1,5 +1,54 @@
-"""``vl2spike replay``: a query bag (or image folder) through exactly the node's VPRPipeline."""
+"""``vl2spike replay``: a query bag (or image folder) through exactly the node's VPRPipeline.
+
+Frames are streamed (read, decoded, matched and dropped one at a time), so memory does not grow
+with the length or the resolution of the recording; frames may differ in size and channel
+count (the pipeline resizes each one as the node does).
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vl2spike_ros.vpr.matching import DEFAULT_MATCH_THRESHOLD
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """Everything ``run_replay`` needs (the CLI options of ``vl2spike replay``)."""
+
+    bag: str
+    map_dir: str
+    weights: str | None = None
+    topic: str | None = None
+    pose_topic: str | None = None
+    top_k: int = 5
+    threshold: float = 0.0
+    seq_len: int = 1
+    gt: str = "auto"
+    tolerance: int = 1
+    radius: float | None = None
+    max_pixels: int | None = None  # None: vl2spike_ros.io.decode.DEFAULT_MAX_PIXELS
+
+
+MAX_PIXELS_HELP = ("refuse frames above N pixels before decoding them, from the image header "
+                   "(default: 16777216 = 4096 x 4096)")
+
+
+def add_max_pixels_option(parser) -> None:
+    """``--max-pixels N`` (shared by replay, map build and eval; None = the library default)."""
+    parser.add_argument("--max-pixels", type=_positive_int, default=None, metavar="N",
+                        help=MAX_PIXELS_HELP)
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def register(subparsers) -> None:
@@ -10,8 +59,10 @@ def register(subparsers) -> None:
     p.add_argument("--weights", default=None, help="VPR weights (default: packaged default)")
     p.add_argument("--topic", default=None, help="image topic (default: the only image topic)")
     p.add_argument("--pose-topic", default=None, help="pose topic for metric ground truth")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--threshold", type=float, default=0.0, help="acceptance threshold (cosine)")
+    p.add_argument("--top-k", type=int, default=5, help="candidate places per frame")
+    p.add_argument("--threshold", type=float, default=DEFAULT_MATCH_THRESHOLD,
+                   help="acceptance threshold on the best match's cosine score (the node's "
+                        "match_threshold default)")
     p.add_argument("--seq-len", type=int, default=1, help="sequence matching length (1 = off)")
     p.add_argument("--gt", choices=["auto", "aligned", "radius", "none"], default="auto",
                    help="ground truth: frame i = place i (aligned), poses within --radius, none; "
@@ -19,45 +70,41 @@ def register(subparsers) -> None:
                         "count equals the map size, else none")
     p.add_argument("--tolerance", type=int, default=1, help="frame tolerance (aligned)")
     p.add_argument("--radius", type=float, default=None, help="metric radius in m")
+    add_max_pixels_option(p)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the node)")
     p.add_argument("--csv", default=None, metavar="PATH", help="per-frame matches CSV")
     p.add_argument("--json", default=None, metavar="PATH", help="summary + metrics JSON")
     p.set_defaults(func=_handler)
 
 
-def run_replay(bag: str, map_dir: str, weights: str | None = None, topic: str | None = None,
-               pose_topic: str | None = None, top_k: int = 5, threshold: float = 0.0,
-               seq_len: int = 1, gt: str = "auto", tolerance: int = 1,
-               radius: float | None = None) -> tuple[list[dict], dict]:
+def run_replay(opts: ReplayOptions) -> tuple[list[dict], dict]:
     """Rows (one per frame) and a summary dict (latency, firing, energy, metrics if gt)."""
-    import numpy as np
-
+    from vl2spike_ros.data.sources import stream_source
+    from vl2spike_ros.io.decode import DEFAULT_MAX_PIXELS
+    from vl2spike_ros.vpr.evaluation import select_ground_truth
     from vl2spike_ros.vpr.pipeline import VPRPipeline
-    from vl2spike_ros.vpr.replay import replay_frames, replay_metrics, summarise
-    from vl2spike_ros.data.sources import is_bag, load_bag, load_source
+    from vl2spike_ros.vpr.replay import place_positions, replay_frames, replay_metrics, summarise
 
-    pipe = VPRPipeline(weights, map_dir, top_k=top_k, threshold=threshold, seq_len=seq_len)
-    q_xy = None
-    if is_bag(bag):  # native-size frames: the pipeline resizes exactly as on the robot
-        seq = load_bag(bag, topic, pose_topic)
-    else:
-        seq = load_source(bag)
-    q_xy = seq.xy
-    frames = ((m.get("stamp_ns", 0), im) for m, im in zip(seq.metas, seq.images))
-    rows = replay_frames(pipe, frames, total=len(seq.images))
-    out = {"bag": str(bag), "map": str(map_dir), "model": pipe.model_meta, "top_k": top_k,
-           "threshold": threshold, "seq_len": seq_len, **summarise(rows)}
-    places = [pipe.map.place(i) for i in range(len(pipe.map))]
-    p_xy = np.array([p["pose"][:2] for p in places]) if all("pose" in p for p in places) else None
-    mode = gt
-    if gt == "auto":
-        mode = ("radius" if radius is not None and p_xy is not None and q_xy is not None
-                else "aligned" if len(rows) == len(pipe.map) else "none")
-    if mode == "radius" and (p_xy is None or q_xy is None or radius is None):
-        raise ValueError("--gt radius needs poses in the map and the bag, and --radius")
+    pipe = VPRPipeline(opts.weights, opts.map_dir, top_k=opts.top_k, threshold=opts.threshold,
+                       seq_len=opts.seq_len)
+    limit = DEFAULT_MAX_PIXELS if opts.max_pixels is None else opts.max_pixels
+    stream = stream_source(opts.bag, opts.topic, opts.pose_topic, max_pixels=limit)
+    metas: list[dict] = []
+
+    def frames():
+        for meta, img in stream.frames:
+            metas.append(meta)
+            yield meta.get("stamp_ns", 0), img
+    rows = replay_frames(pipe, frames(), total=stream.total)
+    out = {"bag": str(opts.bag), "map": str(opts.map_dir), "model": pipe.model_meta,
+           "top_k": opts.top_k, "threshold": opts.threshold, "seq_len": opts.seq_len,
+           **summarise(rows)}
+    p_xy = place_positions([pipe.map.place(i) for i in range(len(pipe.map))])
+    q_xy = stream.positions(metas)
+    mode = select_ground_truth(opts.gt, len(rows), len(pipe.map), q_xy, p_xy, opts.radius)
     if mode != "none":
-        out["metrics"] = replay_metrics(rows, p_xy, q_xy, radius if mode == "radius" else None,
-                                        tolerance)
+        out["metrics"] = replay_metrics(rows, p_xy, q_xy,
+                                        opts.radius if mode == "radius" else None, opts.tolerance)
     return rows, out
 
 
@@ -69,8 +116,9 @@ def _handler(ns) -> int:
     from vl2spike_ros.vpr.replay import write_csv
 
     torch.set_num_threads(ns.threads)
-    rows, out = run_replay(ns.bag, ns.map_dir, ns.weights, ns.topic, ns.pose_topic, ns.top_k,
-                           ns.threshold, ns.seq_len, ns.gt, ns.tolerance, ns.radius)
+    rows, out = run_replay(ReplayOptions(
+        ns.bag, ns.map_dir, ns.weights, ns.topic, ns.pose_topic, ns.top_k, ns.threshold,
+        ns.seq_len, ns.gt, ns.tolerance, ns.radius, ns.max_pixels))
     out = strip_curves(out)
     if ns.csv:
         write_csv(rows, ns.csv)

@@ -14,10 +14,11 @@ def register(subparsers) -> None:
     tr.add_argument("--data", default=None, help="cifar10.tar (default: <data root>/cifar10.tar)")
     tr.add_argument("--out", default=None,
                     help="output .safetensors (default: packaged assets/proxy_teacher_cifar10)")
-    tr.add_argument("--epochs", type=int, default=4)
-    tr.add_argument("--batch-size", type=int, default=128)
-    tr.add_argument("--lr", type=float, default=3e-3)
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--epochs", type=int, default=4, help="training epochs")
+    tr.add_argument("--batch-size", type=int, default=128, help="images per step")
+    tr.add_argument("--lr", type=float, default=3e-3,
+                    help="peak learning rate (AdamW, warm-up then cosine)")
+    tr.add_argument("--seed", type=int, default=0, help="random seed")
     tr.add_argument("--train-limit", type=int, default=0, help="use N training images (0 = all)")
     tr.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock cap (0 = none)")
     tr.add_argument("--widths", default="16,32,64,128",
@@ -26,7 +27,8 @@ def register(subparsers) -> None:
     tr.set_defaults(func=_train)
     ev = sub.add_parser("eval", help="zero-shot top-1 of a proxy teacher on CIFAR-10 test")
     ev.add_argument("--weights", default=None, help="default: packaged asset")
-    ev.add_argument("--data", default=None)
+    ev.add_argument("--data", default=None,
+                    help="cifar10.tar (default: <data root>/cifar10.tar)")
     ev.set_defaults(func=_eval)
 
 

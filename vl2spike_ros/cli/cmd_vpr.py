@@ -1,8 +1,11 @@
-"""``vl2spike vpr train``: train the Nordland VPR models: ANN teacher, Spikformer direct,
-Spikformer distilled (warm-started from the direct student, then InfoNCE + SVS terms from the
-teacher) and the equal-budget control (the direct student continued for the same epochs
-without a teacher). ``all`` then copies whichever of distilled / control scores better on the
-validation places to the packaged default weights. Resumes from checkpoints."""
+"""``vl2spike vpr train``: train the Nordland VPR models.
+
+ANN teacher, Spikformer direct, Spikformer distilled (warm-started from the direct student,
+then InfoNCE + SVS terms from the teacher) and the equal-budget control (the direct student
+continued for the same epochs without a teacher). ``all`` then copies whichever of distilled /
+control scores better on the validation places to the packaged default weights. Resumes from
+checkpoints.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,7 +26,8 @@ def register(subparsers) -> None:
     t.add_argument("--out", default=None,
                    help="where `all` puts the selected default (default: packaged default)")
     t.add_argument("--teacher", default=None, help="teacher weights (default: weights-dir)")
-    t.add_argument("--ckpt-dir", default="bench/weights/ckpt")
+    t.add_argument("--ckpt-dir", default="bench/weights/ckpt",
+                   help="per-epoch checkpoints (training resumes from here)")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     t.add_argument("--json", default=None, metavar="PATH", help="training summary JSON")
     t.set_defaults(func=_train)

@@ -22,6 +22,7 @@ CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
     "dog", "frog", "horse", "ship", "truck",
 )
+CIFAR10_SIZE = (32, 32)  # (H, W)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -65,7 +66,7 @@ def _load_cifar10_tar_cached(path: str, split: str) -> ImageArray:
             if parts[1] not in cls_index:
                 raise ValueError(f"{path}: unknown class folder {parts[1]!r} in {m.name}")
             fh = tf.extractfile(m)
-            imgs.append(_decode(fh.read(), m.name, (32, 32)))
+            imgs.append(_decode(fh.read(), m.name, CIFAR10_SIZE))
             labels.append(cls_index[parts[1]])
     if not imgs:
         raise ValueError(f"{path}: no images under '{split}/<class>/' in the tar")
@@ -83,7 +84,20 @@ def load_cifar10_tar(path: str | Path, split: str = "train") -> ImageArray:
     return _load_cifar10_tar_cached(str(p.resolve()), split)
 
 
-def load_image_folder(root: str | Path, size: tuple[int, int] = (32, 32)) -> ImageArray:
+def round_robin(data: ImageArray, n: int) -> np.ndarray:
+    """Take the first ``n`` images with the classes in turn: ``[min(n, N), H, W, 3]``.
+
+    Classes in order of first appearance, each class's images in stored order.
+    """
+    labels = data.labels
+    _, first = np.unique(labels, return_index=True)
+    per_class = [np.flatnonzero(labels == c) for c in labels[np.sort(first)]]
+    order = [idx[r] for r in range(max(map(len, per_class), default=0))
+             for idx in per_class if r < len(idx)]
+    return data.images[np.asarray(order[:n], dtype=np.int64)]
+
+
+def load_image_folder(root: str | Path, size: tuple[int, int] = CIFAR10_SIZE) -> ImageArray:
     """Read ``root/<class>/<image>`` files (classes sorted by name), resized to ``size`` (H,W)."""
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -111,7 +125,7 @@ def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray,
 
 
 def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Indices of a class-balanced random subset of size ~``n`` (all if ``n<=0`` or too big)."""
+    """Return indices of a class-balanced random subset of ~``n`` (all if ``n<=0``/too big)."""
     if n <= 0 or n >= len(labels):
         return np.arange(len(labels))
     rng = np.random.default_rng(seed)

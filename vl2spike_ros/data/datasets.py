@@ -1,5 +1,8 @@
-"""Image sequences for VPR: plain folders, the Nordland summer/winter layout and the
-VPR-methods-evaluation layout (``database/``, ``queries/``, UTM in the file names).
+"""Image sequences for VPR: plain folders and the Nordland summer/winter layout.
+
+Folders: natural file order, UTM parsed from VPR-methods-evaluation file names
+``@east@north@...``. Nordland: the one loader family of the package (splits, frame ranges,
+even spreads).
 
 All loaders return ``uint8`` arrays ``[N, H, W]`` (grey) or ``[N, H, W, 3]`` (RGB order).
 """
@@ -13,10 +16,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from vl2spike_ros.io.decode import DEFAULT_MAX_PIXELS, decode_image_bytes
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 NORDLAND_SEASONS = ("summer", "winter", "spring", "fall")
+NORDLAND_TRAIN_FRACTION = 0.6  # first 60 % of the route's places train, the last 40 % are held out
 _NUM_RE = re.compile(r"(\d+)")
 
 
@@ -36,21 +42,24 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def read_image(path: str | Path, grayscale: bool = False) -> np.ndarray:
-    """One image as ``uint8`` ``[H, W]`` (grayscale) or ``[H, W, 3]`` RGB."""
+def read_image(path: str | Path, grayscale: bool = False,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read one image as ``uint8`` ``[H, W]`` (grayscale) or ``[H, W, 3]`` RGB.
+
+    Checked before decoding (:func:`~vl2spike_ros.io.decode.decode_image_bytes`): a file whose
+    header announces more than ``max_pixels`` or a truncated file raises ValueError naming it.
+    """
     flag = cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR
-    img = cv2.imread(str(path), flag)
-    if img is None:
-        raise ValueError(f"cannot decode image {path}")
+    img = decode_image_bytes(Path(path).read_bytes(), flag, max_pixels, f"image {path}")
     return img if grayscale else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def load_images(paths: list[Path], grayscale: bool = False,
-                size: tuple[int, int] | None = None) -> np.ndarray:
+def load_images(paths: list[Path], grayscale: bool = False, size: tuple[int, int] | None = None,
+                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Stack images; ``size`` = (H, W) resizes with INTER_AREA, else all must share one size."""
     out = []
     for p in paths:
-        img = read_image(p, grayscale)
+        img = read_image(p, grayscale, max_pixels)
         if size is not None and img.shape[:2] != tuple(size):
             img = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA)
         if out and img.shape != out[0].shape:
@@ -60,16 +69,9 @@ def load_images(paths: list[Path], grayscale: bool = False,
     return np.stack(out)
 
 
-def load_folder(folder: str | Path, grayscale: bool = False,
-                size: tuple[int, int] | None = None, limit: int | None = None) -> np.ndarray:
-    """All images of a sequence folder (natural order) as one array."""
-    files = list_images(folder)
-    return load_images(files[:limit] if limit else files, grayscale, size)
-
-
 # ----------------------------------------------------------------------------- Nordland
-def nordland_split_range(n: int, split: str, train_frac: float = 0.6) -> range:
-    """Indices of a Nordland split: ``train`` = first ``train_frac`` of places, ``test`` = rest."""
+def nordland_split_range(n: int, split: str, train_frac: float = NORDLAND_TRAIN_FRACTION) -> range:
+    """Return the indices of a Nordland split (``train``: first ``train_frac``, ``test``: rest)."""
     cut = int(round(n * train_frac))
     ranges = {"train": range(0, cut), "test": range(cut, n), "all": range(0, n)}
     if split not in ranges:
@@ -77,18 +79,48 @@ def nordland_split_range(n: int, split: str, train_frac: float = 0.6) -> range:
     return ranges[split]
 
 
-def load_nordland(root: str | Path, season: str, split: str = "test", train_frac: float = 0.6,
-                  grayscale: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Nordland ``root/<season>/images-NNNNN.png``; returns (images, place index [N])."""
+def nordland_files(root: str | Path, season: str) -> list[Path]:
+    """Frames ``root/<season>/images-NNNNN.png`` in route order (frame i = place i)."""
     folder = Path(root) / season
     if not folder.is_dir():
         raise FileNotFoundError(f"Nordland season folder {folder} does not exist "
                                 f"(expected {'/'.join(NORDLAND_SEASONS)} below {root})")
-    files = list_images(folder)
+    return list_images(folder)
+
+
+def load_nordland(root: str | Path, season: str, split: str = "test",
+                  train_frac: float = NORDLAND_TRAIN_FRACTION,
+                  grayscale: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Nordland ``root/<season>/images-NNNNN.png``; returns (images, place index [N])."""
+    files = nordland_files(root, season)
     idx = np.asarray(nordland_split_range(len(files), split, train_frac))
     imgs = load_images([files[i] for i in idx], grayscale=grayscale)
     log.info("Nordland %s/%s: %d frames", season, split, len(idx))
     return imgs, idx
+
+
+def load_nordland_frames(root: str | Path, season: str = "summer", start: int = 0,
+                         count: int = 16, step: int = 1) -> np.ndarray:
+    """Load ``count`` grey frames ``start, start + step, ...`` of one season: ``[count, H, W]``."""
+    picked = nordland_files(root, season)[start:start + count * step:step]
+    if len(picked) < count:
+        raise ValueError(f"only {len(picked)} Nordland {season} frames from {start} (step {step})")
+    return load_images(picked, grayscale=True)
+
+
+def load_nordland_spread(root: str | Path, n: int,
+                         seasons: tuple[str, ...] = ("summer", "winter")) -> np.ndarray:
+    """Load ``n`` grey frames evenly spread over each season's route: uint8 ``[n, H, W]``.
+
+    Seasons in turn; the first ``n % len(seasons)`` seasons get one frame more.
+    """
+    frames = []
+    for k, season in enumerate(seasons):
+        files = nordland_files(root, season)
+        m = n // len(seasons) + (1 if k < n % len(seasons) else 0)
+        idx = np.linspace(0, len(files) - 1, m).round().astype(int)
+        frames += [read_image(files[i], grayscale=True) for i in idx]
+    return np.stack(frames)
 
 
 # ----------------------------------------------------------------------------- VPR-methods layout
@@ -106,27 +138,22 @@ def parse_utm(name: str) -> tuple[float, float] | None:
 @dataclass
 class ImageSet:
     """A loaded sequence: images, source names and optional UTM positions ``[N, 2]``."""
+
     images: np.ndarray
     names: list[str]
     utm: np.ndarray | None
 
 
+def folder_utm(files: list[Path]) -> np.ndarray | None:
+    """UTM positions ``[N, 2]`` from the file names, or None unless every name carries one."""
+    utms = [parse_utm(f.name) for f in files]
+    return np.asarray(utms, dtype=np.float64) if all(u is not None for u in utms) else None
+
+
 def load_image_set(folder: str | Path, grayscale: bool = False,
-                   size: tuple[int, int] | None = None) -> ImageSet:
+                   size: tuple[int, int] | None = None,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageSet:
     """Folder -> ImageSet; ``utm`` is set only when every file name carries one."""
     files = list_images(folder)
-    utms = [parse_utm(f.name) for f in files]
-    utm = np.asarray(utms, dtype=np.float64) if all(u is not None for u in utms) else None
-    return ImageSet(load_images(files, grayscale, size), [f.name for f in files], utm)
-
-
-def load_vpr_methods(root: str | Path, grayscale: bool = False,
-                     size: tuple[int, int] | None = None) -> tuple[ImageSet, ImageSet]:
-    """``root/database`` and ``root/queries`` (VPR-methods-evaluation layout)."""
-    root = Path(root)
-    for sub in ("database", "queries"):
-        if not (root / sub).is_dir():
-            raise FileNotFoundError(f"{root / sub} missing: expected the VPR-methods-evaluation "
-                                    "layout with database/ and queries/ folders")
-    return (load_image_set(root / "database", grayscale, size),
-            load_image_set(root / "queries", grayscale, size))
+    return ImageSet(load_images(files, grayscale, size, max_pixels), [f.name for f in files],
+                    folder_utm(files))

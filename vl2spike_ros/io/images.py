@@ -25,6 +25,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from vl2spike_ros.io.decode import (DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLargeError,
+                                    check_pixels, decode_image_bytes, image_header_size)
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -39,11 +42,12 @@ __all__ = [
     "msg_to_array",
     "stamp_ns",
     "is_compressed_msg",
+    "ImageTooLargeError",
+    "DEFAULT_MAX_PIXELS",
+    "image_header_size",
+    "check_pixels",
+    "decode_image_bytes",
 ]
-
-
-class ImageDecodeError(ValueError):
-    """An image message that cannot be turned into an array (or an array into a message)."""
 
 
 class EncodingInfo(NamedTuple):
@@ -127,10 +131,11 @@ def _reorder_to_rgb(arr: np.ndarray, order: str) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_BGR2RGB if order == "BGR" else cv2.COLOR_BGRA2RGBA)
 
 
-def image_msg_to_array(msg: Any) -> np.ndarray:
+def image_msg_to_array(msg: Any, max_pixels: int | None = None) -> np.ndarray:
     """``sensor_msgs/Image`` -> ``[H, W]`` or ``[H, W, C]`` array (RGB order, native endian).
 
-    Honours ``step`` (row padding) and ``is_bigendian``. Raises ``ImageDecodeError``.
+    Honours ``step`` (row padding) and ``is_bigendian``. Raises ``ImageDecodeError``
+    (``ImageTooLargeError`` above ``max_pixels``, None: :data:`DEFAULT_MAX_PIXELS`).
     """
     try:
         h, w, step = int(msg.height), int(msg.width), int(msg.step)
@@ -141,6 +146,8 @@ def image_msg_to_array(msg: Any) -> np.ndarray:
     info = encoding_info(encoding)
     if h <= 0 or w <= 0:
         raise ImageDecodeError(f"empty image ({h}x{w}, encoding {encoding!r})")
+    check_pixels(w, h, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
+                 f"{encoding} image")
     row_bytes = w * info.channels * info.dtype.itemsize
     if step < row_bytes:
         raise ImageDecodeError(
@@ -283,17 +290,13 @@ def is_compressed_msg(msg: Any) -> bool:
     return hasattr(msg, "format") and hasattr(msg, "data") and not hasattr(msg, "encoding")
 
 
-def _decode_compressed_depth(raw: np.ndarray, fmt: str) -> np.ndarray:
+def _decode_compressed_depth(raw: np.ndarray, fmt: str, max_pixels: int) -> np.ndarray:
     """``compressedDepth`` payload: 12-byte config header (int32 format, 2 float32) + PNG."""
-    import cv2
-
     if raw[:4].tobytes() == _PNG_MAGIC:
         header, png = None, raw
     else:
         header, png = raw[:12], raw[12:]
-    img = cv2.imdecode(png, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ImageDecodeError(f"undecodable compressedDepth payload ({raw.size} bytes, format {fmt!r})")
+    img = decode_image_bytes(png, None, max_pixels, f"compressedDepth payload (format {fmt!r})")
     if fmt.lower().startswith("32fc1"):
         if header is None:
             raise ImageDecodeError("32FC1 compressedDepth without its quantisation header")
@@ -305,12 +308,14 @@ def _decode_compressed_depth(raw: np.ndarray, fmt: str) -> np.ndarray:
     return img
 
 
-def compressed_msg_to_array(msg: Any) -> np.ndarray:
+def compressed_msg_to_array(msg: Any, max_pixels: int | None = None) -> np.ndarray:
     """``sensor_msgs/CompressedImage`` (jpeg/png, also ``compressedDepth`` png) -> array.
 
     Returns ``[H, W]`` (grey, 8 or 16 bit) or ``[H, W, 3|4]`` in RGB(A) order. A payload whose
     original encoding (``"mono8; jpeg compressed mono8"``) is mono but decodes to colour is
-    converted to grey. Raises ``ImageDecodeError`` when the data cannot be decoded.
+    converted to grey. Raises ``ImageDecodeError`` when the data cannot be decoded, is truncated
+    or its header announces more than ``max_pixels`` (None: :data:`DEFAULT_MAX_PIXELS`;
+    ``ImageTooLargeError``, checked before decoding).
     """
     import cv2
 
@@ -320,11 +325,10 @@ def compressed_msg_to_array(msg: Any) -> np.ndarray:
         raise ImageDecodeError(f"not a sensor_msgs/CompressedImage: {exc}") from exc
     if raw.size == 0:
         raise ImageDecodeError(f"empty compressed image data (format {fmt!r})")
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     if "compresseddepth" in fmt.lower().replace(" ", ""):
-        return _decode_compressed_depth(raw, fmt)
-    img = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
-    if img is None or img.size == 0:
-        raise ImageDecodeError(f"undecodable compressed image ({raw.size} bytes, format {fmt!r})")
+        return _decode_compressed_depth(raw, fmt, limit)
+    img = decode_image_bytes(raw, None, limit, f"compressed image (format {fmt!r})")
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     if img.ndim == 3:
@@ -385,8 +389,11 @@ def array_to_compressed_msg(
     return _fill(msg_cls, "sensor_msgs/msg/CompressedImage", fields, int(stamp_ns), frame_id)
 
 
-def msg_to_array(msg: Any) -> np.ndarray:
-    """Either kind of image message -> array (dispatches on ``format`` vs ``encoding``)."""
+def msg_to_array(msg: Any, max_pixels: int | None = None) -> np.ndarray:
+    """Convert either kind of image message to an array (``format`` vs ``encoding``).
+
+    Frames above ``max_pixels`` (None: :data:`DEFAULT_MAX_PIXELS`) are refused.
+    """
     if is_compressed_msg(msg):
-        return compressed_msg_to_array(msg)
-    return image_msg_to_array(msg)
+        return compressed_msg_to_array(msg, max_pixels)
+    return image_msg_to_array(msg, max_pixels)

@@ -2,30 +2,54 @@
 
 Same interface as the Spikformer student where VPR code needs it: ``.config`` with
 ``name, img_size, in_chans, descriptor_dim`` and ``descriptor(x [B,C,H,W]) -> [B, D]``.
-Weights: safetensors + JSON config (no pickle).
+Weights: safetensors + JSON config (no pickle), written and read by :mod:`vl2spike_ros.models.io`
+(``kind: "cnn"``).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
-
-from vl2spike_ros.atomic import atomic_path, write_json_atomic
 
 
 @dataclass(frozen=True)
 class CNNConfig:
     """Config of :class:`PlaceCNN` (input ``[B, in_chans, H, W]``)."""
+
     name: str = "cnn_vpr"
     img_size: tuple[int, int] = (32, 64)
     in_chans: int = 1
     widths: tuple[int, ...] = (32, 64, 128, 64)
     descriptor_dim: int = 256
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "img_size", tuple(int(s) for s in self.img_size))
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        if len(self.img_size) != 2 or min(self.img_size) <= 0:
+            raise ValueError(f"{self.name}: img_size must be (H, W) > 0, got {self.img_size}")
+        if not self.widths or min(self.widths) <= 0 or self.in_chans <= 0 \
+                or self.descriptor_dim <= 0:
+            raise ValueError(f"{self.name}: in_chans, widths and descriptor_dim must be positive")
+        down = 2 ** (len(self.widths) - 1)
+        if self.img_size[0] < down or self.img_size[1] < down:
+            raise ValueError(f"{self.name}: img_size {self.img_size} is too small for "
+                             f"{len(self.widths) - 1} poolings")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["img_size"], d["widths"] = list(self.img_size), list(self.widths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CNNConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown CNNConfig fields: {sorted(unknown)}")
+        return cls(**d)
 
 
 def _block(cin: int, cout: int, pool: bool) -> nn.Sequential:
@@ -54,7 +78,7 @@ class PlaceCNN(nn.Module):
         return self.proj(self.features(x).flatten(1))
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W]`` -> last conv features as a token grid ``[B, h*w, C_last]`` (row-major)."""
+        """Map ``[B, C, H, W]`` to the last conv features as a row-major grid ``[B, h*w, C]``."""
         return self.features(x).flatten(2).transpose(1, 2)
 
     def descriptor(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,50 +93,9 @@ class PlaceCNN(nn.Module):
         return self.config.widths[-1] * (h // down) * (w // down)
 
     def descriptor_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One conv pass -> (:meth:`descriptor` ``[B, D]``, :meth:`feature_map` ``[B, h*w, C]``)."""
+        """Run one conv pass for :meth:`descriptor` ``[B, D]`` and :meth:`feature_map`."""
         f = self.features(x)
         return (nn.functional.normalize(self.proj(f.flatten(1)), dim=-1),
                 f.flatten(2).transpose(1, 2))
 
     forward = descriptor
-
-
-def save_cnn(model: PlaceCNN, path: str | Path, meta: dict | None = None,
-             extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
-    """Write ``path`` (.safetensors) and ``path.json`` (config + meta), atomically;
-    ``extra_tensors`` are stored as ``extra.<name>`` like :func:`vl2spike_ros.models.save_model`."""
-    from vl2spike_ros.models.io import EXTRA_PREFIX
-
-    path = Path(path)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    state.update({EXTRA_PREFIX + k: v.contiguous() for k, v in (extra_tensors or {}).items()})
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp))
-    cfg = dataclasses.asdict(model.config)
-    write_json_atomic(path.with_suffix(".json"), {"kind": "cnn", "config": cfg, "meta": meta or {}})
-
-
-def load_cnn(path: str | Path) -> PlaceCNN:
-    """Load a :class:`PlaceCNN` saved by :func:`save_cnn`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"CNN weights {path} do not exist")
-    info = json.loads(path.with_suffix(".json").read_text())
-    cfg = info["config"]
-    cfg = CNNConfig(**{**cfg, "img_size": tuple(cfg["img_size"]), "widths": tuple(cfg["widths"])})
-    from vl2spike_ros.models.io import EXTRA_PREFIX
-
-    model = PlaceCNN(cfg)
-    try:
-        state = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types
-        raise ValueError(f"{path}: cannot read safetensors ({exc})") from exc
-    try:
-        model.load_state_dict({k: v for k, v in state.items() if not k.startswith(EXTRA_PREFIX)})
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit config {cfg}: {exc}") from exc
-    from vl2spike_ros.vpr.descriptors import POOLED, check_mode, check_norm
-    vpr = info.get("meta", {}).get("vpr", {})
-    model.vpr_input_norm = check_norm(vpr.get("input_norm", "image"), cfg.img_size)
-    model.vpr_descriptor = check_mode(vpr.get("descriptor", POOLED))
-    return model.eval()

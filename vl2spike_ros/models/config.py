@@ -36,7 +36,8 @@ class SpikformerConfig:
         for field in ("in_chans", "patch_size", "embed_dim", "depth", "num_heads", "T",
                       "num_classes", "descriptor_dim"):
             if int(getattr(self, field)) <= 0:
-                raise ValueError(f"{self.name}: {field} must be positive, got {getattr(self, field)}")
+                raise ValueError(f"{self.name}: {field} must be positive, "
+                                 f"got {getattr(self, field)}")
         if len(self.img_size) != 2 or h <= 0 or w <= 0:
             raise ValueError(f"{self.name}: img_size must be (H, W) > 0, got {self.img_size}")
         if p & (p - 1) or p > 16:
@@ -94,7 +95,7 @@ def list_models() -> list[str]:
 
 
 def get_config(name: str, **overrides: Any) -> SpikformerConfig:
-    """The registered config ``name`` with fields replaced by ``overrides``."""
+    """Return the registered config ``name`` with fields replaced by ``overrides``."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model variant {name!r}; known: {', '.join(list_models())}")
     fields = {f.name for f in dataclasses.fields(SpikformerConfig)}

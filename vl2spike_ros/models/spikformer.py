@@ -32,8 +32,9 @@ QKV_BN_BIAS_INIT = 0.5
 
 
 class SpikingStem(nn.Module):
-    """Spiking conv stem: 4 conv-BN-LIF stages (D/8, D/4, D/2, D channels), the last
-    ``log2(patch_size)`` of them max-pooled, plus a residual position conv (Spikformer SPS).
+    """Spiking conv stem (Spikformer SPS): 4 conv-BN-LIF stages and a residual position conv.
+
+    The stages have D/8, D/4, D/2, D channels; the last ``log2(patch_size)`` are max-pooled.
 
     ``forward(x_seq [T,B,C,H,W]) -> [T,B,D,H/p,W/p]``. ``forward_static(x [B,C,H,W], T)`` runs the
     first (real-valued input) conv+BN once and repeats its output over ``T``: same result as
@@ -71,8 +72,10 @@ class SpikingStem(nn.Module):
         return first.neuron(y.expand(T, *y.shape[1:]))
 
     def forward_prefix(self, x: torch.Tensor, n: int, T: int) -> torch.Tensor:
-        """Spikes of the first ``n`` stages only (no position conv): ``x [B,C,H,W]`` (repeated
-        over ``T``) or ``[T,B,C,H,W]`` -> ``[T,B,C_n,h_n,w_n]``."""
+        """Run the first ``n`` stages only (no position conv) and return their spikes.
+
+        ``x [B,C,H,W]`` (repeated over ``T``) or ``[T,B,C,H,W]`` -> ``[T,B,C_n,h_n,w_n]``.
+        """
         if not 1 <= n <= len(self.stages):
             raise ValueError(f"stem has {len(self.stages)} stages, asked for the first {n}")
         y = self._first_static(x, T) if x.ndim == 4 else self.stages[0](x)
@@ -110,8 +113,10 @@ class Capture:
 
 
 class SpikformerStudent(nn.Module):
-    """Spikformer student. Inputs are float images ``[B,C,H,W]`` (repeated over ``T``) or
-    sequences ``[T,B,C,H,W]`` with ``(C,H,W) == (in_chans, *img_size)``.
+    """Spikformer student.
+
+    Inputs are float images ``[B,C,H,W]`` (repeated over ``T``) or sequences ``[T,B,C,H,W]``
+    with ``(C,H,W) == (in_chans, *img_size)``.
     """
 
     def __init__(self, config: SpikformerConfig) -> None:
@@ -176,14 +181,19 @@ class SpikformerStudent(nn.Module):
         return tokens
 
     def _start(self, x: torch.Tensor) -> None:
-        """Check the input and reset every neuron: the one place state is reset, so each
-        forward (full or stem-only) is independent."""
+        """Check the input and reset every neuron.
+
+        The one place state is reset, so each forward (full or stem-only) is independent.
+        """
         self._check_input(x)
         functional.reset_net(self)
 
     def forward_stem(self, x: torch.Tensor, stages: int) -> torch.Tensor:
-        """``x [B,C,H,W]`` or ``[T,B,C,H,W]`` -> spikes of the first ``stages`` spiking conv
-        stages ``[T, B, C, h, w]`` (a cheaper, higher-resolution view than the tokens)."""
+        """Return the spikes ``[T, B, C, h, w]`` of the first ``stages`` spiking conv stages.
+
+        ``x`` is ``[B,C,H,W]`` or ``[T,B,C,H,W]``; a cheaper, higher-resolution view than the
+        tokens.
+        """
         self._start(x)
         return self.stem.forward_prefix(x, stages, self.config.T)
 
@@ -219,8 +229,9 @@ class SpikformerStudent(nn.Module):
 
     @contextlib.contextmanager
     def capture(self) -> Iterator[Capture]:
-        """Record membrane potentials, spike rates and per-step features of the forwards run
-        inside the block (the latest forward wins). Gradients flow through everything captured.
+        """Record membrane potentials, spike rates and per-step features inside the block.
+
+        The latest forward wins. Gradients flow through everything captured.
         """
         if self._capture is not None:
             raise RuntimeError("capture() is already active on this model")

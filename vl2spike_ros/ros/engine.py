@@ -3,7 +3,8 @@
 :class:`Engine` wraps :class:`vl2spike_ros.vpr.pipeline.VPRPipeline` (the same per-frame code
 as ``vl2spike replay``) and adds what the node needs around it: an empty map in mapping mode,
 adding the last frame as a place, map reload / save, and live ``top_k`` / threshold changes.
-Callers serialise access (the node holds a lock).
+Places added since the map was loaded or last saved are *unsaved*: a reload that would drop
+them is refused unless asked to discard them. Callers serialise access (the node holds a lock).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class Engine:
         self.map_dir = map_dir
         self.weights = weights
         self._last_desc: np.ndarray | None = None  # [1, D] of the last processed frame
+        self._saved = len(pipeline.map) if pipeline.map is not None else 0  # places on disk
 
     @classmethod
     def load(cls, p: NodeParams) -> "Engine":
@@ -57,8 +59,10 @@ class Engine:
         return engine
 
     def warm_up(self) -> None:
-        """Run one synthetic frame so the first camera frame is not slowed by lazy set-up
-        (first-call allocations, the pipeline's one-off energy profiling)."""
+        """Run one synthetic frame so the first camera frame is not slowed by lazy set-up.
+
+        That is first-call allocations and the pipeline's one-off energy profiling.
+        """
         h, w = self.pipe.img_size
         frame = np.random.default_rng(0).integers(0, 256, (h, w), dtype=np.uint8)
         if len(self):
@@ -71,6 +75,11 @@ class Engine:
     def __len__(self) -> int:
         return len(self.pipe.map)
 
+    @property
+    def unsaved(self) -> int:
+        """Places added (mapping mode) since the map was loaded or last saved."""
+        return max(0, len(self) - self._saved)
+
     def describe(self) -> str:
         m = self.pipe.model_meta
         return (f"weights {self.weights} ({m.get('variant')}, hash {m.get('weights_hash')}), "
@@ -81,8 +90,10 @@ class Engine:
         self.pipe.top_k, self.pipe.threshold = int(top_k), float(threshold)
 
     def process(self, image: np.ndarray) -> Any:
-        """MatchResult for one uint8 frame; an empty result when the map is still empty.
-        The frame's descriptor is kept for :meth:`add_last` (no second forward pass)."""
+        """Match one uint8 frame; an empty MatchResult while the map is still empty.
+
+        The frame's descriptor is kept for :meth:`add_last` (no second forward pass).
+        """
         if len(self) == 0:
             from vl2spike_ros.vpr.pipeline import MatchResult
 
@@ -109,18 +120,30 @@ class Engine:
         ids = self.pipe.map.add(self._last_desc, [meta])
         return int(ids[0])
 
-    def reload_map(self, map_dir: str) -> int:
-        """Replace the map by ``map_dir`` (checked against the model); old map kept on error."""
+    def reload_map(self, map_dir: str, discard_unsaved: bool = False) -> int:
+        """Replace the map by ``map_dir`` (checked against the model); old map kept on error.
+
+        Refused (EngineError) while places are unsaved, unless ``discard_unsaved``.
+        """
         from vl2spike_ros.vpr.placemap import PlaceMap
 
         if not map_dir:
             raise EngineError("parameter map_dir is empty: nothing to reload")
+        if self.unsaved and not discard_unsaved:
+            raise EngineError(f"{self.unsaved} place(s) mapped since the last save would be "
+                              "lost: call vpr/save_map first, or vpr/discard_and_reload_map "
+                              "to drop them")
         pm = PlaceMap.load(map_dir, expect_model_meta=self.pipe.model_meta)
         self.pipe.set_map(pm)
         self.map_dir = map_dir
+        self._saved = len(pm)
         return len(pm)
 
     def save_map(self, map_dir: str | Path) -> int:
-        """Write the current map (atomic files) to ``map_dir``; returns the place count."""
+        """Replace the map in ``map_dir`` atomically; return the place count.
+
+        A crash leaves the old or the new map (:meth:`PlaceMap.save`).
+        """
         self.pipe.map.save(map_dir)
+        self._saved = len(self)
         return len(self)

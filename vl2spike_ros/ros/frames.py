@@ -1,7 +1,7 @@
 """Latest-frame-only hand-off and running statistics for the node (no rclpy import).
 
-:class:`LatestSlot` holds at most one pending item: the subscription callback ``put``\\ s every
-incoming message, the worker thread ``take``\\ s the newest one, and an item replaced before it
+:class:`LatestSlot` holds at most one pending item: the subscription callback puts every
+incoming message, the worker thread takes the newest one, and an item replaced before it
 was taken counts as dropped. Memory is bounded by one message whatever the camera rate.
 """
 from __future__ import annotations
@@ -10,11 +10,14 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 
 T = TypeVar("T")
+BAD_FRAME_WARN_S = 10.0  # /diagnostics stays WARN this long after the last bad frame / error
+GAP_HISTORY = 32  # stamp intervals the camera period is estimated from (median)
+MAX_GAP_PERIODS = 20  # longer silences are pauses of the stream, not lost frames
 
 
 class LatestSlot(Generic[T]):
@@ -64,6 +67,35 @@ class LatestSlot(Generic[T]):
             self._item = None
 
 
+class StampGaps:
+    """Frames missing between received ones, estimated from gaps in header stamps.
+
+    The camera period is the median of the last :data:`GAP_HISTORY` stamp intervals; an interval
+    of ``k`` periods (rounded, ``2 <= k <= MAX_GAP_PERIODS``) counts ``k - 1`` missing frames.
+    Stamps that go backwards (a restarted camera or bag) restart the estimate.
+    """
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+        self._deltas: deque = deque(maxlen=GAP_HISTORY)
+        self.missing = 0
+
+    def observe(self, stamp_ns: int) -> int:
+        """Account one received stamp; returns the frames estimated missing just before it."""
+        last, self._last = self._last, stamp_ns
+        if last is None or stamp_ns < last:
+            self._deltas.clear()
+            return 0
+        delta, missed = stamp_ns - last, 0
+        if delta > 0 and len(self._deltas) >= 4:
+            periods = round(delta / float(np.median(self._deltas)))
+            missed = periods - 1 if 2 <= periods <= MAX_GAP_PERIODS else 0
+        if delta > 0:
+            self._deltas.append(delta)
+        self.missing += missed
+        return missed
+
+
 @dataclass
 class NodeStats:
     """Counters and windows reported on /diagnostics (thread-safe through ``lock``)."""
@@ -75,6 +107,10 @@ class NodeStats:
     mapped: int = 0
     accepted: int = 0
     last_bad_reason: str = ""
+    last_bad_time: float = float("-inf")  # time.monotonic() of the last bad frame or error
+    last_good_time: float = float("-inf")  # ... and of the last processed frame
+    lost_transport: int = 0  # samples the middleware reports lost (message_lost event)
+    gaps: StampGaps = field(default_factory=StampGaps)
     latencies_ms: deque = field(default_factory=deque)
     infer_ms: deque = field(default_factory=deque)
     done_times: deque = field(default_factory=deque)
@@ -87,6 +123,7 @@ class NodeStats:
         with self.lock:
             self.processed += 1
             self.accepted += int(bool(accepted))
+            self.last_good_time = time.monotonic()
             self._push(self.latencies_ms, latency_ms)
             self._push(self.infer_ms, infer_ms)
             self._push(self.done_times, time.monotonic())
@@ -99,6 +136,35 @@ class NodeStats:
         with self.lock:
             self.bad_frames += 1
             self.last_bad_reason = reason
+            self.last_bad_time = time.monotonic()
+
+    def error(self, reason: str) -> None:
+        """Count a failure inside the pipeline (apart from bad input)."""
+        with self.lock:
+            self.errors += 1
+            self.last_bad_reason = reason
+            self.last_bad_time = time.monotonic()
+
+    def bad_recently(self, now: float | None = None, hold_s: float = BAD_FRAME_WARN_S) -> bool:
+        """Tell whether bad frames / errors are recent (the /diagnostics WARN condition).
+
+        True while the latest outcome was a bad frame / error, or one is under ``hold_s`` old:
+        the WARN clears once frames are good again for ``hold_s``.
+        """
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            return (self.last_bad_time > self.last_good_time
+                    or now - self.last_bad_time < hold_s)
+
+    def stamp(self, stamp_ns: int) -> None:
+        """Header stamp of a received frame (transport-loss estimate)."""
+        with self.lock:
+            self.gaps.observe(stamp_ns)
+
+    def lost(self, total_count: int) -> None:
+        """Record the middleware's running count of lost samples (message_lost event)."""
+        with self.lock:
+            self.lost_transport = max(self.lost_transport, int(total_count))
 
     def _push(self, dq: deque, value: float) -> None:
         dq.append(value)
@@ -115,7 +181,8 @@ class NodeStats:
             en = np.asarray(self.energies_mj, dtype=np.float64)
             counts = {"frames_processed": self.processed, "bad_frames": self.bad_frames,
                       "processing_errors": self.errors, "frames_accepted": self.accepted,
-                      "frames_mapped": self.mapped}
+                      "frames_mapped": self.mapped, "frames_lost_transport": self.lost_transport,
+                      "frames_missing_estimate": self.gaps.missing}
         rate = float("nan")
         if len(times) >= 2 and times[-1] > times[0]:
             # frames in the window divided by the time they span, up to now (goes to 0 when idle)
@@ -154,8 +221,3 @@ class RateLimiter:
         now = time.monotonic() if now is None else now
         if self.rate_hz > 0:
             self._next = now + 1.0 / self.rate_hz
-
-
-def stamp_to_ns(stamp: Any) -> int:
-    """builtin_interfaces/Time (``sec``, ``nanosec``) -> integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)

@@ -61,7 +61,7 @@ def place_pose(meta: Mapping[str, Any] | None) -> tuple[list[float], list[float]
 
 
 def pose_meta(position: Sequence[float], orientation: Sequence[float]) -> dict[str, Any]:
-    """Place metadata entry for a pose, in the map format ``{"pose": [x, y, z, qx, qy, qz, qw]}``."""
+    """Place metadata entry for a pose (map format ``{"pose": [x, y, z, qx, qy, qz, qw]}``)."""
     return {"pose": [float(v) for v in (*position, *orientation)]}
 
 
@@ -73,7 +73,7 @@ def confidence(score: float) -> float:
 def make_pose_msg(header: Any, pose: tuple[list[float], list[float]], score: float,
                   position_variance: float, orientation_variance: float
                   ) -> PoseWithCovarianceStamped:
-    """PoseWithCovarianceStamped of the matched place; variances grow as 1 / confidence^2."""
+    """Build the matched place's PoseWithCovarianceStamped; variances grow as 1/confidence^2."""
     msg = PoseWithCovarianceStamped()
     msg.header = header
     (px, py, pz), (qx, qy, qz, qw) = pose
@@ -116,18 +116,21 @@ def make_candidates_msg(header: Any, ids: Iterable[int], scores: Iterable[float]
 
 
 def unpack_candidates(msg: Any) -> np.ndarray:
-    """Structured array (``CANDIDATE_DTYPE``) from a candidates PointCloud2; ValueError if not one."""
+    """Read a candidates PointCloud2 as a ``CANDIDATE_DTYPE`` array; ValueError if not one."""
     names = [f.name for f in msg.fields]
     if names != [n for n, _, _ in _FIELDS] or msg.point_step != CANDIDATE_DTYPE.itemsize:
         raise ValueError(f"not a vpr candidates cloud (fields {names}, step {msg.point_step})")
     return np.frombuffer(bytes(msg.data), dtype=CANDIDATE_DTYPE, count=msg.width * msg.height)
 
 
-def make_diagnostics(stamp: Any, name: str, hardware_id: str, level: int, message: str,
+def make_diagnostics(stamp: Any, name: str, hardware_id: str, level: bytes | int, message: str,
                      values: Mapping[str, Any]) -> DiagnosticArray:
-    """DiagnosticArray with one status; floats formatted with 4 significant digits."""
+    """Build a DiagnosticArray with one status; floats get 4 significant digits.
+
+    ``level``: ``DiagnosticStatus.OK`` / ``WARN`` / ``ERROR`` / ``STALE`` (or the same as int).
+    """
     status = DiagnosticStatus()
-    status.level = bytes([level])
+    status.level = level if isinstance(level, bytes) else bytes([level])
     status.name, status.message, status.hardware_id = name, message, hardware_id
     status.values = [KeyValue(key=k, value=_fmt(v)) for k, v in values.items()]
     arr = DiagnosticArray()
@@ -164,6 +167,7 @@ def make_markers(header: Any, cands: np.ndarray, ns: str = "vpr_candidates") -> 
         size = 0.5 + 2.0 * max(0.0, float(row["score"]))
         m.scale.x = m.scale.y = m.scale.z = size
         best = bool(row["flags"] & FLAG_BEST)
-        m.color.r, m.color.g, m.color.b, m.color.a = (0.1, 0.9, 0.1, 0.9) if best else (0.9, 0.6, 0.1, 0.6)
+        rgba = (0.1, 0.9, 0.1, 0.9) if best else (0.9, 0.6, 0.1, 0.6)
+        m.color.r, m.color.g, m.color.b, m.color.a = rgba
         out.markers.append(m)
     return out

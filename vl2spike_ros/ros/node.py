@@ -24,6 +24,7 @@ from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 ParameterType, SetParametersResult)
+from rclpy.event_handler import SubscriptionEventCallbacks, UnsupportedEventTypeError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -32,11 +33,13 @@ from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 
-from vl2spike_ros.io.images import msg_to_array
+from vl2spike_ros.io.images import msg_to_array, stamp_ns
 from vl2spike_ros.ros import messages as M
 from vl2spike_ros.ros.engine import Engine, EngineError
 from vl2spike_ros.ros.frames import LatestSlot, NodeStats, RateLimiter
+from vl2spike_ros.ros import startup
 from vl2spike_ros.ros.params import NODE_NAME, PARAM_SPECS, SPEC_BY_NAME, NodeParams, check_value
+from vl2spike_ros.ros.watchdog import FrameWatchdog, no_frame_reason, ros_type_name
 
 _PTYPE = {"string": ParameterType.PARAMETER_STRING, "bool": ParameterType.PARAMETER_BOOL,
           "integer": ParameterType.PARAMETER_INTEGER, "double": ParameterType.PARAMETER_DOUBLE}
@@ -44,10 +47,12 @@ _POSE_MSGS = {"odometry": Odometry, "pose_stamped": PoseStamped,
               "pose_with_covariance": PoseWithCovarianceStamped}
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 THROTTLE_S = 5.0
+WATCHDOG_TICK_S = 0.5  # how often the no-frame watchdog looks at the frame counter
+NO_FRAME_LOG_S = 30.0  # at most one "no image" log line per this many seconds
 
 
 def descriptor_for(spec) -> ParameterDescriptor:
-    """rclpy ParameterDescriptor of a :class:`~vl2spike_ros.ros.params.ParamSpec`."""
+    """Build the rclpy ParameterDescriptor of a :class:`~vl2spike_ros.ros.params.ParamSpec`."""
     d = ParameterDescriptor(name=spec.name, type=_PTYPE[spec.type], description=spec.description,
                             additional_constraints=spec.constraints, read_only=spec.read_only)
     if spec.range is not None and spec.type == "integer":
@@ -67,6 +72,10 @@ class VPRNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._validate_params)
         for spec in PARAM_SPECS:
             self.declare_parameter(spec.name, spec.default, descriptor_for(spec))
+        unknown = startup.unknown_parameters(getattr(self, "_parameter_overrides", {}),
+                                             SPEC_BY_NAME)
+        if unknown:  # misspelled keys in a params file / -p would be ignored without a word
+            self.get_logger().warning(unknown)
         self.params = self._read_params()
         self.add_post_set_parameters_callback(self._params_changed)
         self.stats = NodeStats()
@@ -82,10 +91,16 @@ class VPRNode(LifecycleNode):
         self._pubs: dict[str, Any] = {}
         self._subs: list[Any] = []
         self._since_map = 0
+        self._watchdog = FrameWatchdog()
+        self._no_frame_text: str | None = None
+        self._listening: tuple[str, str] = ("", "")  # resolved image topic, its message type
+        self.create_timer(WATCHDOG_TICK_S, self._check_frames)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self.create_timer(self.params.diagnostics_period_s,
                                              self.publish_diagnostics)
         self.create_service(Trigger, "vpr/reload_map", self._srv_reload)
+        self.create_service(Trigger, "vpr/discard_and_reload_map",
+                            lambda req, resp: self._srv_reload(req, resp, discard=True))
         self.create_service(Trigger, "vpr/save_map", self._srv_save)
         self.create_service(SetBool, "vpr/set_mapping_mode", self._srv_mapping)
 
@@ -129,7 +144,8 @@ class VPRNode(LifecycleNode):
             self.engine = engine
         self.config_error = None
         self._pubs = {
-            "pose": self.create_lifecycle_publisher(PoseWithCovarianceStamped, "vpr/match_pose", 10),
+            "pose": self.create_lifecycle_publisher(PoseWithCovarianceStamped, "vpr/match_pose",
+                                                    10),
             "candidates": self.create_lifecycle_publisher(PointCloud2, "vpr/candidates", 10),
         }
         if p.publish_markers:
@@ -140,8 +156,7 @@ class VPRNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         p = self.params
         msg_type = CompressedImage if p.compressed_input else Image
-        self._subs = [self.create_subscription(msg_type, p.image_topic, self._on_image,
-                                               qos_profile_sensor_data_depth1())]
+        self._subs = [self._image_subscription(msg_type, p.image_topic)]
         if p.pose_topic:
             self._subs.append(self.create_subscription(_POSE_MSGS[p.pose_type], p.pose_topic,
                                                        self._on_pose, 10))
@@ -149,12 +164,15 @@ class VPRNode(LifecycleNode):
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="vpr_worker", daemon=True)
         self._worker.start()
+        self._listening = (self.resolve_topic_name(p.image_topic), ros_type_name(msg_type))
+        self._watchdog.arm(time.monotonic(), self.slot.received)
         self.get_logger().info(
-            f"active: listening on {self.resolve_topic_name(p.image_topic)} "
-            f"({msg_type.__name__})")
+            f"active: listening on {self._listening[0]} ({msg_type.__name__})")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._watchdog.disarm()
+        self._no_frame_text = None
         self._stop_worker()
         for sub in self._subs:
             self.destroy_subscription(sub)
@@ -183,6 +201,22 @@ class VPRNode(LifecycleNode):
     # ------------------------------------------------------------------ input
     def _on_image(self, msg: Any) -> None:
         self.slot.put((msg, time.monotonic()))
+        self.stats.stamp(stamp_ns(msg))  # gaps in header stamps: frames lost before us
+
+    def _image_subscription(self, msg_type: Any, topic: str) -> Any:
+        """Subscribe to the camera, counting the samples the middleware reports lost.
+
+        Where the RMW does not support the message_lost event only the stamp-gap estimate
+        remains.
+        """
+        events = SubscriptionEventCallbacks(message_lost=lambda i: self.stats.lost(i.total_count))
+        try:
+            return self.create_subscription(msg_type, topic, self._on_image,
+                                            qos_profile_sensor_data_depth1(),
+                                            event_callbacks=events)
+        except UnsupportedEventTypeError:
+            return self.create_subscription(msg_type, topic, self._on_image,
+                                            qos_profile_sensor_data_depth1())
 
     def _on_pose(self, msg: Any) -> None:
         pose = msg.pose.pose if hasattr(msg.pose, "pose") else msg.pose
@@ -203,15 +237,14 @@ class VPRNode(LifecycleNode):
             try:
                 self.process(*item)
             except Exception as exc:  # noqa: BLE001 - a frame must never kill the node
-                with self.stats.lock:
-                    self.stats.errors += 1
+                self.stats.error(f"{type(exc).__name__}: {exc}")
                 self.get_logger().error(f"frame processing failed: {type(exc).__name__}: {exc}",
                                         throttle_duration_sec=THROTTLE_S)
 
     def decode(self, msg: Any) -> np.ndarray | None:
         """Image message -> uint8 array, or None (counted, throttled warning) if unusable."""
         try:
-            img = msg_to_array(msg)
+            img = msg_to_array(msg, self.params.max_image_pixels)  # refused before decoding
             if img.size == 0 or min(img.shape[:2]) < 1:
                 raise ValueError(f"zero-size image {img.shape}")
             if img.dtype == np.uint16:
@@ -284,13 +317,18 @@ class VPRNode(LifecycleNode):
             self._pubs["markers"].publish(M.make_markers(out_header, M.unpack_candidates(cands)))
 
     # ------------------------------------------------------------------ services
-    def _srv_reload(self, req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
+    def _srv_reload(self, req: Trigger.Request, resp: Trigger.Response,
+                    discard: bool = False) -> Trigger.Response:
+        """Serve vpr/reload_map and vpr/discard_and_reload_map.
+
+        The first is refused while mapped places are unsaved; the second drops them.
+        """
         with self.engine_lock:
             if self.engine is None:
                 resp.success, resp.message = False, "node is not configured"
                 return resp
             try:
-                n = self.engine.reload_map(self.params.map_dir)
+                n = self.engine.reload_map(self.params.map_dir, discard_unsaved=discard)
             except (EngineError, FileNotFoundError, ValueError, OSError) as exc:
                 resp.success, resp.message = False, f"map not reloaded (old map kept): {exc}"
                 self.get_logger().error(resp.message)
@@ -325,6 +363,26 @@ class VPRNode(LifecycleNode):
         return resp
 
     # ------------------------------------------------------------------ diagnostics
+    def _check_frames(self) -> None:
+        """Run the no-frame watchdog (timer callback).
+
+        While the image topic has been silent for no_frame_warn_s: WARN text for /diagnostics
+        and a throttled log line, naming the message types of the topic's publishers.
+        """
+        limit = self.params.no_frame_warn_s
+        silent = self._watchdog.silence(time.monotonic(), self.slot.received)
+        topic, expected = self._listening
+        if limit <= 0 or silent < limit:
+            if self._no_frame_text is not None:
+                self.get_logger().info(f"images arriving on {topic} again")
+            self._no_frame_text = None
+            return
+        types = [info.topic_type for info in self.get_publishers_info_by_topic(topic)]
+        self._no_frame_text = no_frame_reason(topic, expected, types, silent,
+                                              self._watchdog.seen_frame)
+        self.get_logger().warning(self._no_frame_text,
+                                  throttle_duration_sec=max(NO_FRAME_LOG_S, limit))
+
     def diagnostics_values(self) -> dict[str, Any]:
         s = self.stats.summary()
         with self.engine_lock:
@@ -334,13 +392,16 @@ class VPRNode(LifecycleNode):
                 "device": self.params.device}
 
     def publish_diagnostics(self) -> None:
+        self._check_frames()  # the no-frame state as of now, not of the last watchdog tick
         vals = self.diagnostics_values()
         state = "active" if self._worker is not None else (
             "configured" if self.engine is not None else "unconfigured")
         level, text = 0, state  # DiagnosticStatus.OK / WARN = 1 / ERROR = 2
         if self.config_error:
             level, text = 2, self.config_error
-        elif vals["bad_frames"] or vals["processing_errors"]:
+        elif self._no_frame_text:
+            level, text = 1, f"{state}; {self._no_frame_text}"
+        elif self.stats.bad_recently():  # clears BAD_FRAME_WARN_S after the last bad frame
             level = 1
             text = f"{state}; bad frames: {vals['bad_frames']} (last: {self.stats.last_bad_reason})"
         vals["state"] = state
@@ -368,9 +429,18 @@ def qos_profile_sensor_data_depth1() -> QoSProfile:
     return qos
 
 
+def _rclpy_init(argv: list[str]) -> None:
+    rclpy.init(args=argv, signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+
+
 def main(args: list[str] | None = None) -> int:
-    """Console script ``vpr_node``: run until SIGINT/SIGTERM; exit 2 on a startup error."""
-    rclpy.init(args=args, signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+    """Console script ``vpr_node``: run until SIGINT/SIGTERM; exit 2 on a startup error.
+
+    ``args`` is the whole command line, program name first (default ``sys.argv``).
+    """
+    code, files = startup.prepare(list(sys.argv if args is None else args), _rclpy_init)
+    if code is not None:
+        return code
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -381,6 +451,8 @@ def main(args: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - parameter errors: one clear line, no traceback
             print(f"[{NODE_NAME}] startup error: {_startup_error_text(exc)}", file=sys.stderr)
             return 2
+        for warning in startup.skipped_sections(files, node.get_fully_qualified_name()):
+            node.get_logger().warning(warning)
         if node.params.autostart:
             if node.trigger_configure() != SUCCESS:
                 return 2  # on_configure logged the one error line

@@ -15,7 +15,13 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from vl2spike_ros.io.decode import DEFAULT_MAX_PIXELS
+from vl2spike_ros.vpr.matching import DEFAULT_MATCH_THRESHOLD
+
 NODE_NAME = "vpr_node"
+# Key of the node's section in params files: matches the node in any namespace (a plain
+# ``vpr_node:`` key is silently skipped once the node runs under ``-r __ns:=/robot1``).
+PARAMS_FILE_KEY = f"/**/{NODE_NAME}"
 TYPES = ("string", "bool", "integer", "double")
 DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 POSE_TYPES = ("odometry", "pose_stamped", "pose_with_covariance")
@@ -73,9 +79,13 @@ PARAM_SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("compressed_input", "bool", False,
               "Subscribe to sensor_msgs/CompressedImage (JPEG/PNG) instead of sensor_msgs/Image.",
               applies="activate"),
+    ParamSpec("max_image_pixels", "integer", DEFAULT_MAX_PIXELS,
+              "Frames above this many pixels (width x height, read from the header before "
+              "decoding) are refused and counted as bad frames. Default 4096 x 4096.",
+              range=(1, 1 << 30)),
     ParamSpec("top_k", "integer", 5, "Number of candidate places published per frame.",
               range=(1, 100)),
-    ParamSpec("match_threshold", "double", 0.5,
+    ParamSpec("match_threshold", "double", DEFAULT_MATCH_THRESHOLD,
               "Acceptance threshold on the best match's cosine similarity score.",
               range=(-1.0, 1.0)),
     ParamSpec("sequence_length", "integer", 1,
@@ -112,6 +122,10 @@ PARAM_SPECS: tuple[ParamSpec, ...] = (
               applies="configure"),
     ParamSpec("diagnostics_period_s", "double", 1.0, "Period of /diagnostics messages.",
               range=(0.1, 60.0), applies="startup"),
+    ParamSpec("no_frame_warn_s", "double", 5.0,
+              "While active: no image for this long -> /diagnostics WARN and a throttled log "
+              "line naming the reason (no publisher, or publishers of another message type). "
+              "0 = off.", range=(0.0, 3600.0)),
     ParamSpec("autostart", "bool", True,
               "Configure and activate by itself (plain node). False: wait for lifecycle "
               "transitions.", applies="startup"),
@@ -128,6 +142,7 @@ class NodeParams:
     map_dir: str
     image_topic: str
     compressed_input: bool
+    max_image_pixels: int
     top_k: int
     match_threshold: float
     sequence_length: int
@@ -144,6 +159,7 @@ class NodeParams:
     orientation_variance: float
     publish_markers: bool
     diagnostics_period_s: float
+    no_frame_warn_s: float
     autostart: bool
 
     @classmethod
@@ -174,7 +190,8 @@ def check_value(spec: ParamSpec, value: Any) -> None:
     if not ok_type(value):
         raise ValueError(f"parameter {spec.name}: expected {spec.type}, got {value!r}")
     if spec.range is not None and not spec.range[0] <= value <= spec.range[1]:
-        raise ValueError(f"parameter {spec.name}={value} outside [{spec.range[0]}, {spec.range[1]}]")
+        raise ValueError(
+            f"parameter {spec.name}={value} outside [{spec.range[0]}, {spec.range[1]}]")
     if spec.choices is not None and value not in spec.choices:
         raise ValueError(f"parameter {spec.name}={value!r}: expected one of {spec.choices}")
     if spec.name == "device" and not DEVICE_RE.match(value):
@@ -207,11 +224,15 @@ def render_markdown_table(specs: tuple[ParamSpec, ...] = PARAM_SPECS) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_yaml(specs: tuple[ParamSpec, ...] = PARAM_SPECS, node_name: str = NODE_NAME) -> str:
-    """A ROS 2 params file with every parameter at its default, one comment per parameter."""
+def render_yaml(specs: tuple[ParamSpec, ...] = PARAM_SPECS,
+                node_key: str = PARAMS_FILE_KEY) -> str:
+    """Render a ROS 2 params file with every parameter at its default.
+
+    One comment per parameter; keyed ``/**/vpr_node`` (applies in any namespace).
+    """
     import json
 
-    out = [f"{node_name}:", "  ros__parameters:"]
+    out = [f"{node_key}:", "  ros__parameters:"]
     for s in specs:
         val = ("true" if s.default else "false") if s.type == "bool" else json.dumps(s.default)
         out.append(f"    # {s.description}")

@@ -39,8 +39,9 @@ class TeacherConfig:
     kd_templates: tuple[str, ...] = ("a photo of a {}.",)  # classic KD: single prompt
     logit_scale: float | None = None   # zero-shot logits = scale * cosine (None: teacher's own)
     cache_dir: str | None = None       # feature cache folder (None: no disk cache)
-    online: bool = False               # run the teacher on each augmented batch (else cached
-                                       # features of the un-augmented images, see features.py)
+    # online: run the teacher on each augmented batch (else cached features of the
+    # un-augmented images, see features.py)
+    online: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def config_from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None) -> DistillConfig:
+def config_from_dict(data: dict[str, Any],
+                     overrides: dict[str, Any] | None = None) -> DistillConfig:
     """Build a :class:`DistillConfig` from a nested dict plus dotted ``overrides``."""
     tree = _deep_merge({}, data or {})
     for k, v in (overrides or {}).items():
@@ -184,7 +186,8 @@ def config_from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = No
 def _deep_merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for k, v in b.items():
-        out[k] = _deep_merge(out.get(k, {}), v) if isinstance(v, dict) and k != "model_overrides" else v
+        merge = isinstance(v, dict) and k != "model_overrides"
+        out[k] = _deep_merge(out.get(k, {}), v) if merge else v
     return out
 
 

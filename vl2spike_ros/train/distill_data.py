@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from vl2spike_ros.train.config import DataConfig
 from vl2spike_ros.data.cifar import (
-    ImageArray, load_cifar10_tar, load_image_folder, split_train_val, stratified_subset,
+    CIFAR10_SIZE, ImageArray, load_cifar10_tar, load_image_folder, split_train_val,
+    stratified_subset,
 )
+
+VAL_SPLIT_SEED = 1234  # fixed: the validation split does not change with the run's seed
 
 
 @dataclass(frozen=True)
@@ -19,9 +20,13 @@ class DistillData:
     classes: tuple[str, ...]
 
 
-def build_data(cfg: DataConfig, seed: int, img_size: tuple[int, int] = (32, 32)) -> DistillData:
-    """Train subset (class-balanced, ``train_limit``), a validation split carved from the rest
-    of train (``val_fraction``), and the test split (``test_limit``)."""
+def build_data(cfg: DataConfig, seed: int,
+               img_size: tuple[int, int] = CIFAR10_SIZE) -> DistillData:
+    """Build the train / validation / test arrays of a run.
+
+    A class-balanced train subset (``train_limit``), a validation split carved from the rest of
+    train (``val_fraction``), and the test split (``test_limit``).
+    """
     if cfg.source == "cifar10":
         from vl2spike_ros.paths import cifar10_tar
 
@@ -34,7 +39,7 @@ def build_data(cfg: DataConfig, seed: int, img_size: tuple[int, int] = (32, 32))
         test = load_image_folder(cfg.test_path, img_size) if cfg.test_path else None
     else:
         raise ValueError(f"unknown data.source {cfg.source!r} (cifar10 | folder)")
-    tr_idx, va_idx = split_train_val(len(full), cfg.val_fraction, seed=1234)
+    tr_idx, va_idx = split_train_val(len(full), cfg.val_fraction, seed=VAL_SPLIT_SEED)
     val = full.subset(va_idx) if len(va_idx) else None
     train = full.subset(tr_idx)
     train = train.subset(stratified_subset(train.labels, cfg.train_limit, seed))
@@ -49,7 +54,3 @@ def build_data(cfg: DataConfig, seed: int, img_size: tuple[int, int] = (32, 32))
     if len(train) == 0:
         raise ValueError("no training images after the split/subset")
     return DistillData(train=train, val=val, test=test, classes=full.classes)
-
-
-def labels_histogram(data: ImageArray) -> list[int]:
-    return np.bincount(data.labels, minlength=len(data.classes)).tolist()

@@ -40,13 +40,15 @@ def compute_features(teacher, data: ImageArray, batch_size: int = 256, device: s
     """Teacher image features ``[N, D]`` (float32, L2-normalised) of the un-augmented images."""
     loader = DataLoader(ArrayImageDataset(data, augment=False), batch_size=batch_size)
     out = []
-    for x, _, _ in tqdm(loader, desc="teacher features", disable=not progress, mininterval=5):
+    for x, _, _ in tqdm(loader, desc="teacher features", disable=None if progress else True,
+                        mininterval=5):
         out.append(teacher.encode_image(x.to(device)).float().cpu())
     return torch.cat(out)
 
 
 def cached_features(teacher, data: ImageArray, cache_dir: str | Path | None,
-                    batch_size: int = 256, device: str = "cpu", progress: bool = True) -> torch.Tensor:
+                    batch_size: int = 256, device: str = "cpu",
+                    progress: bool = True) -> torch.Tensor:
     """:func:`compute_features`, read from / written to ``cache_dir/<key>.safetensors``."""
     from safetensors.torch import load_file, save_file
 
@@ -60,7 +62,8 @@ def cached_features(teacher, data: ImageArray, cache_dir: str | Path | None,
         if feats.shape[0] == len(data):
             log.info("teacher features from cache %s", path)
             return feats
-        log.warning("cache %s has %d rows for %d images; recomputing", path, feats.shape[0], len(data))
+        log.warning("cache %s has %d rows for %d images; recomputing", path, feats.shape[0],
+                    len(data))
     feats = compute_features(teacher, data, batch_size, device, progress)
     with atomic_path(path) as tmp:
         save_file({"features": feats.contiguous()}, str(tmp),

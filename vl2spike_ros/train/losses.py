@@ -1,5 +1,7 @@
-"""VL2Spike distillation losses. Each is an ``nn.Module`` returning ``dict[str, Tensor]`` of named
-(already weighted) terms plus ``"total"``. Teacher tensors are treated as constants (detached).
+"""VL2Spike distillation losses.
+
+Each is an ``nn.Module`` returning ``dict[str, Tensor]`` of named (already weighted) terms plus
+``"total"``. Teacher tensors are treated as constants (detached).
 
 - :class:`LogitKDLoss`: classic Hinton KD on teacher zero-shot logits (baseline arm).
 - :class:`SVSAlignLoss`: SVS (a), shared-manifold alignment of pooled spike tokens with teacher
@@ -31,7 +33,8 @@ def make_projector(kind: str, d_in: int, d_out: int, hidden: int) -> nn.Module:
     raise ValueError(f"unknown projector {kind!r} (identity | linear | mlp)")
 
 
-def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+          temperature: float) -> torch.Tensor:
     """Hinton KD: ``T^2 * KL(softmax(t/T) || softmax(s/T))``, batch mean. Inputs ``[B,C]``."""
     t = temperature
     log_p_s = F.log_softmax(student_logits.float() / t, dim=-1)
@@ -46,12 +49,14 @@ class LogitKDLoss(nn.Module):
         super().__init__()
         self.cfg = cfg
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, student_logits: torch.Tensor,
+                teacher_logits: torch.Tensor) -> dict[str, torch.Tensor]:
         kd = self.cfg.weight * kd_kl(student_logits, teacher_logits, self.cfg.temperature)
         return {"kd": kd, "total": kd}
 
 
-def relational_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+def relational_kl(student: torch.Tensor, teacher: torch.Tensor,
+                  temperature: float) -> torch.Tensor:
     """KL between row-softmaxed batch cosine-similarity matrices (diagonal excluded).
 
     ``student [B,D1]``, ``teacher [B,D2]``; zero when both have the same similarity structure.
@@ -80,7 +85,8 @@ class SVSAlignLoss(nn.Module):
         self.cfg = cfg
         self.projector = make_projector(cfg.projector, student_dim, teacher_dim, cfg.proj_hidden)
 
-    def forward(self, student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, student_feat: torch.Tensor,
+                teacher_feat: torch.Tensor) -> dict[str, torch.Tensor]:
         z = self.projector(student_feat.float())
         t = teacher_feat.detach().float()
         cos = 1.0 - F.cosine_similarity(z, t, dim=-1).mean()
@@ -127,7 +133,8 @@ class SVSTemporalLoss(nn.Module):
         return ramp_weight(progress_epochs, c.weight, c.warmup_epochs, c.ramp_epochs)
 
     def forward(self, step_features: torch.Tensor, v_seq: dict[str, torch.Tensor],
-                step_rates: dict[str, torch.Tensor], progress_epochs: float) -> dict[str, torch.Tensor]:
+                step_rates: dict[str, torch.Tensor],
+                progress_epochs: float) -> dict[str, torch.Tensor]:
         c = self.cfg
         w = self.current_weight(progress_epochs)
         feat = _step_consistency(F.normalize(step_features.float(), dim=-1), c.target)
@@ -161,7 +168,8 @@ class SPLLoss(nn.Module):
         c = text_emb.shape[0]
         self.register_buffer("prototypes", torch.zeros(c, student_dim))
         self.register_buffer("proto_init", torch.zeros(c, dtype=torch.bool))
-        self.projector = make_projector(cfg.projector, student_dim, text_emb.shape[1], cfg.proj_hidden)
+        self.projector = make_projector(cfg.projector, student_dim, text_emb.shape[1],
+                                        cfg.proj_hidden)
 
     def _batch_prototypes(self, feat: torch.Tensor, labels: torch.Tensor):
         c = self.text_emb.shape[0]
@@ -179,7 +187,8 @@ class SPLLoss(nn.Module):
                 self.proto_init |= present
         return protos, present
 
-    def forward(self, student_feat: torch.Tensor, labels: torch.Tensor, student_logits: torch.Tensor,
+    def forward(self, student_feat: torch.Tensor, labels: torch.Tensor,
+                student_logits: torch.Tensor,
                 teacher_zs_logits: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self.cfg
         protos, present = self._batch_prototypes(student_feat.float(), labels)
@@ -195,6 +204,8 @@ class SPLLoss(nn.Module):
         return out
 
 
-def zero_shot_logits(image_feat: torch.Tensor, text_emb: torch.Tensor, scale: float) -> torch.Tensor:
+def zero_shot_logits(image_feat: torch.Tensor, text_emb: torch.Tensor,
+                     scale: float) -> torch.Tensor:
     """Teacher logits ``[B,C] = scale * cos(image_feat [B,D], text_emb [C,D])``."""
-    return scale * F.normalize(image_feat.float(), dim=-1) @ F.normalize(text_emb.float(), dim=-1).T
+    img = F.normalize(image_feat.float(), dim=-1)
+    return scale * img @ F.normalize(text_emb.float(), dim=-1).T

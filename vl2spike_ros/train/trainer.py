@@ -1,5 +1,7 @@
-"""VL2Spike distillation trainer: data, frozen teacher, student + loss modules, AdamW + cosine,
-CSV/TensorBoard metrics, atomic per-epoch checkpoints with resume, CPU / CUDA (bf16) / DDP.
+"""VL2Spike distillation trainer.
+
+Data, frozen teacher, student + loss modules, AdamW + cosine, CSV/TensorBoard metrics, per-epoch
+checkpoints with resume (:mod:`vl2spike_ros.train.checkpoint`), CPU / CUDA (bf16) / DDP.
 
 Entry point: :func:`run_distill` (used by ``vl2spike distill`` and ``vl2spike bench distill``).
 Under ``torchrun`` (``WORLD_SIZE>1``) it joins the process group itself (gloo on CPU, nccl on
@@ -24,16 +26,21 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from vl2spike_ros.atomic import write_json_atomic
 from vl2spike_ros.train import checkpoint as ckpt
 from vl2spike_ros.train.config import DistillConfig, LossConfig, config_to_dict
 from vl2spike_ros.data.cifar import ArrayImageDataset, ImageArray
 from vl2spike_ros.train.distill_data import DistillData, build_data
 from vl2spike_ros.train.features import cached_features
+from vl2spike_ros.train.teachers import CLIP_LOGIT_SCALE, build_teacher
 from vl2spike_ros.train.losses import (
     LogitKDLoss, SPLLoss, SVSAlignLoss, SVSTemporalLoss, zero_shot_logits,
 )
 
 log = logging.getLogger(__name__)
+
+LOG_EVERY_STEPS = 10  # train_log.csv / TensorBoard row every this many optimiser steps
+ENERGY_IMAGES = 32    # test images the final energy estimate is measured on
 
 
 @dataclass
@@ -72,7 +79,8 @@ class DistillModule(nn.Module):
         terms = {"ce": self.cfg.ce_weight * F.cross_entropy(
             logits.float(), y, label_smoothing=self.cfg.label_smoothing)}
         if "kd" in L:
-            terms.update(_sub(L["kd"](logits, zero_shot_logits(tfeat, self.text_kd, self.logit_scale))))
+            t_logits = zero_shot_logits(tfeat, self.text_kd, self.logit_scale)
+            terms.update(_sub(L["kd"](logits, t_logits)))
         if "svs_align" in L:
             terms.update(_sub(L["svs_align"](feat, tfeat)))
         if use_cap:
@@ -117,7 +125,8 @@ def _needs_teacher(cfg: LossConfig) -> bool:
     return cfg.kd.enabled or cfg.svs_align.enabled or cfg.spl.enabled
 
 
-def make_scheduler(opt, total_steps: int, steps_per_epoch: int, cfg) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(opt, total_steps: int, steps_per_epoch: int,
+                   cfg) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up (``warmup_epochs``) then cosine decay to ``min_lr_ratio``."""
     warm = int(cfg.warmup_epochs * steps_per_epoch)
 
@@ -152,8 +161,6 @@ class _TeacherSide:
 
 def _prepare_teacher(cfg: DistillConfig, data: DistillData, device: torch.device,
                      show: bool) -> _TeacherSide:
-    from vl2spike_ros.train.teachers import build_teacher
-
     tc = cfg.teacher
     if not _needs_teacher(cfg.loss):
         return _TeacherSide()
@@ -203,7 +210,8 @@ def _energy(student: nn.Module, data: ImageArray, device: torch.device) -> dict[
     except ImportError:
         log.warning("vl2spike_ros.energy not available; energy not reported")
         return {}
-    x = torch.stack([ArrayImageDataset(data)[i][0] for i in range(min(32, len(data)))]).to(device)
+    n = min(ENERGY_IMAGES, len(data))
+    x = torch.stack([ArrayImageDataset(data)[i][0] for i in range(n)]).to(device)
     student.eval()
     e = student_energy(student, x)
     return {"energy_mj": float(e["energy_mj"]), "energy_firing_rate": float(e["firing_rate"])}
@@ -279,7 +287,7 @@ def _setup(cfg: DistillConfig, out: Path, resume: bool) -> _Run:
     side = _prepare_teacher(cfg, data, device, rank == 0 and cfg.progress)
     torch.manual_seed(cfg.seed)  # identical init on every rank
     student = create_model(cfg.model, **{**cfg.model_overrides, "num_classes": len(data.classes)})
-    scale = cfg.teacher.logit_scale or getattr(side.teacher, "logit_scale", 100.0)
+    scale = cfg.teacher.logit_scale or getattr(side.teacher, "logit_scale", CLIP_LOGIT_SCALE)
     module = DistillModule(student, cfg.loss, side.dim, side.text_spl, side.text_kd,
                            scale).to(device)
     o = cfg.optim
@@ -289,12 +297,14 @@ def _setup(cfg: DistillConfig, out: Path, resume: bool) -> _Run:
                                  drop_last=True)
     spe = len(sampler) // o.batch_size
     if spe == 0:
-        raise ValueError(f"batch_size {o.batch_size} larger than the {len(sampler)} images per process")
+        raise ValueError(f"batch_size {o.batch_size} larger than the {len(sampler)} images "
+                         "per process")
     total = o.epochs * spe if not o.max_steps else min(o.max_steps, o.epochs * spe)
     sched = make_scheduler(opt, o.epochs * spe, spe, o)
     step = 0
     if resume and ckpt.read_state_json(out) is not None:
-        step = int(ckpt.load_checkpoint(out, student, module.losses, opt, sched, str(device))["step"])
+        info = ckpt.load_checkpoint(out, student, module.losses, opt, sched, str(device))
+        step = int(info["step"])
     elif out.joinpath(ckpt.STATE_JSON).exists() and rank == 0:
         log.warning("%s holds a checkpoint; starting fresh (pass --resume to continue)", out)
     train_mod = module
@@ -311,7 +321,8 @@ def _train_epoch(r: _Run) -> None:
     o, show = r.cfg.optim, r.rank == 0 and r.cfg.progress
     epoch, skip = divmod(r.step, r.spe)
     loader = _make_loader(r.ds, r.sampler, epoch, skip, o.batch_size, r.cfg.data.num_workers)
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{o.epochs}", disable=not show, mininterval=5)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{o.epochs}", disable=None if show else True,
+               mininterval=5)
     amp = r.device.type == "cuda" and r.cfg.bf16
     r.module.train()
     for x, y, idx in bar:
@@ -330,15 +341,18 @@ def _train_epoch(r: _Run) -> None:
         row["lr"] = r.sched.get_last_lr()[0]
         if show:
             bar.set_postfix(loss=f"{row['total']:.3f}", acc=f"{row['acc']:.2f}")
-        if r.step % 10 == 0 or r.step == r.total:
+        if r.step % LOG_EVERY_STEPS == 0 or r.step == r.total:
             r.logger.log(r.step, row)
         if r.step >= r.total:
             break
 
 
 def run_distill(cfg: DistillConfig, out: str | Path, resume: bool = False) -> DistillResult:
-    """Train a student per ``cfg``; writes ``out/model.safetensors`` (+ .json), checkpoints,
-    ``train_log.csv``, ``tb/`` and ``metrics.json``. Returns the student and final metrics."""
+    """Train a student per ``cfg``; return the student and its final metrics.
+
+    Writes ``out/model.safetensors`` (+ .json), checkpoints, ``train_log.csv``, ``tb/`` and
+    ``metrics.json``.
+    """
     t_start = time.time()
     r = _setup(cfg, Path(out), resume)
     meta = {"config": config_to_dict(cfg), "classes": list(r.data.classes),
@@ -352,8 +366,7 @@ def run_distill(cfg: DistillConfig, out: str | Path, resume: bool = False) -> Di
     if r.world > 1:  # BN running stats drift per rank after the last step: take rank 0's
         for b in r.module.buffers():
             dist.broadcast(b.data, 0)
-    metrics = _finish(cfg, r.out, r.data, r.student, r.side, r.device, r.rank, t_start, r.step,
-                      r.logger)
+    metrics = _finish(r, t_start)
     if r.world > 1:
         dist.barrier()
     return DistillResult(student=r.student, metrics=metrics)
@@ -367,11 +380,14 @@ def _teacher_feats(side: _TeacherSide, x, idx, device) -> torch.Tensor | None:
     return side.feats_train[idx.to(device)]
 
 
-def _finish(cfg, out, data, student, side, device, rank, t_start, step, logger) -> dict[str, Any]:
-    from vl2spike_ros.atomic import write_json_atomic
+def _finish(r: _Run, t_start: float) -> dict[str, Any]:
+    """Return the final metrics of run ``r`` and close its logger.
 
-    metrics: dict[str, Any] = {"steps": step, "train_images": len(data.train)}
-    if rank == 0:
+    Rank 0: BN calibration, test/val top-1, energy, written to ``metrics.json`` and TensorBoard.
+    """
+    cfg, data, student, device = r.cfg, r.data, r.student, r.device
+    metrics: dict[str, Any] = {"steps": r.step, "train_images": len(data.train)}
+    if r.rank == 0:
         if cfg.bn_calibrate_batches:
             _calibrate(student, data.train, cfg, device)
         ev = evaluate(student, data.test, cfg.eval_batch_size, device)
@@ -380,13 +396,14 @@ def _finish(cfg, out, data, student, side, device, rank, t_start, step, logger) 
             metrics["val_top1"] = evaluate(student, data.val, cfg.eval_batch_size, device)["top1"]
         metrics.update(_energy(student, data.test, device))
         metrics["wall_s"] = round(time.time() - t_start, 1)
-        if logger.tb is not None:
+        if r.logger.tb is not None:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)):
-                    logger.tb.add_scalar(f"final/{k}", v, step)
-        write_json_atomic(out / "metrics.json", metrics)
-        log.info("distill done: %s", {k: metrics[k] for k in ("test_top1", "firing_rate", "wall_s")})
-    logger.close()
+                    r.logger.tb.add_scalar(f"final/{k}", v, r.step)
+        write_json_atomic(r.out / "metrics.json", metrics)
+        log.info("distill done: %s",
+                 {k: metrics[k] for k in ("test_top1", "firing_rate", "wall_s")})
+    r.logger.close()
     return metrics
 
 
@@ -395,4 +412,5 @@ def _calibrate(student, train: ImageArray, cfg: DistillConfig, device) -> None:
 
     loader = DataLoader(ArrayImageDataset(train, augment=False), batch_size=cfg.optim.batch_size,
                         shuffle=False)
-    calibrate_bn(student, (x.to(device) for x, _, _ in loader), max_batches=cfg.bn_calibrate_batches)
+    calibrate_bn(student, (x.to(device) for x, _, _ in loader),
+                 max_batches=cfg.bn_calibrate_batches)

@@ -1,13 +1,17 @@
-"""The VPR weight factory: teacher CNN, direct Spikformer, control and distilled students, each
-whitened, and the packaged default chosen on validation places (``vl2spike vpr train``)."""
+"""The VPR weight factory (``vl2spike vpr train``).
+
+Teacher CNN, direct Spikformer, control and distilled students, each whitened, and the packaged
+default chosen on validation places.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 from vl2spike_ros.models import default_vpr_weights
 from vl2spike_ros.train.recipes import (CONTINUE_TOKEN_DIM, DIRECT_CFG, DISTILL_CFG,
-                                        STUDENT_DESCRIPTOR, TEACHER_CFG, distill_svs,
-                                        select_default, train_student, train_teacher_cnn)
+                                        STUDENT_DESCRIPTOR, TEACHER_CFG, StudentRecipe,
+                                        distill_svs, select_default, train_student,
+                                        train_teacher_cnn)
 from vl2spike_ros.train.whiten import whiten_weights
 
 
@@ -24,7 +28,8 @@ def main_train(root: Path, wdir: Path, out_path: str | None, teacher_path: str |
         out["teacher"]["whitening"] = whiten_weights(teacher, root, descriptor="map")
     if what in ("all", "direct"):
         out["spikformer"] = train_student(root, direct, DIRECT_CFG, ckpt_dir)
-        out["spikformer"]["whitening"] = whiten_weights(direct, root, descriptor=STUDENT_DESCRIPTOR)
+        out["spikformer"]["whitening"] = whiten_weights(direct, root,
+                                                        descriptor=STUDENT_DESCRIPTOR)
     needs = {"distilled": ((teacher, "teacher"), (direct, "direct")),
              "control": ((direct, "direct"),),
              "select": ((control, "control"), (distilled, "distilled"))}
@@ -33,14 +38,16 @@ def main_train(root: Path, wdir: Path, out_path: str | None, teacher_path: str |
             raise FileNotFoundError(f"{need} missing: train it first (vl2spike vpr train {step})")
     if what in ("all", "control"):
         out["spikformer_continued"] = train_student(
-            root, control, DISTILL_CFG, ckpt_dir, init_from=direct, name="spikformer_continued",
-            token_dim=CONTINUE_TOKEN_DIM)
+            root, control, DISTILL_CFG, ckpt_dir,
+            StudentRecipe(init_from=direct, name="spikformer_continued",
+                          token_dim=CONTINUE_TOKEN_DIM))
         out["spikformer_continued"]["whitening"] = whiten_weights(control, root,
                                                                   descriptor=STUDENT_DESCRIPTOR)
     if what in ("all", "distilled"):
-        out["vl2spike"] = train_student(root, distilled, DISTILL_CFG, ckpt_dir,
-                                        teacher_path=teacher, init_from=direct, svs=distill_svs(),
-                                        token_dim=CONTINUE_TOKEN_DIM)
+        out["vl2spike"] = train_student(
+            root, distilled, DISTILL_CFG, ckpt_dir,
+            StudentRecipe(teacher_path=teacher, init_from=direct, svs=distill_svs(),
+                          token_dim=CONTINUE_TOKEN_DIM))
         out["vl2spike"]["whitening"] = whiten_weights(distilled, root,
                                                       descriptor=STUDENT_DESCRIPTOR)
     if what in ("all", "select"):

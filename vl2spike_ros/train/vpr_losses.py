@@ -37,13 +37,14 @@ from torch import nn
 
 from vl2spike_ros.train.config import SVSAlignConfig, SVSTemporalConfig
 from vl2spike_ros.train.losses import SVSAlignLoss, SVSTemporalLoss, relational_kl
-from vl2spike_ros.vpr.descriptors import SPATIAL, descriptor_mode, spatial_from_tokens
+from vl2spike_ros.vpr.descriptors import spatial_from_tokens
 from vl2spike_ros.train.vpr_train import info_nce
 
 
 @dataclass(frozen=True)
 class SVSWeights:
     """Weights of the SVS terms for VPR (0 switches a term off); schedule in optimiser steps."""
+
     tok: float = 1.0
     cos: float = 1.0
     rel: float = 1.0
@@ -57,8 +58,13 @@ class SVSWeights:
 
 
 class SpikeVPRLoss(nn.Module):
-    """InfoNCE (+ SVS terms against ``teacher`` when given). Call ``(model, xa, xp, pa, pp)``
-    with image batches ``xa, xp [B, C, H, W]`` (anchor / positive) and place indices ``[B]``.
+    """InfoNCE (+ SVS terms against ``teacher`` when given).
+
+    Call ``(model, xa, xp, pa, pp)`` with image batches ``xa, xp [B, C, H, W]`` (anchor /
+    positive) and place indices ``[B]``.
+
+    ``spatial_head_dim`` > 0: the student is spatial (its place descriptor is the token grid
+    through its ``spatial_head_dim``-channel descriptor head); 0: pooled descriptor.
     """
 
     def __init__(self, embed_dim: int, temperature: float = 0.07, exclude_radius: int = 3,
@@ -69,6 +75,7 @@ class SpikeVPRLoss(nn.Module):
         if teacher is None and not weights.nce:
             raise ValueError("SpikeVPRLoss without a teacher needs InfoNCE (weights.nce > 0)")
         self.temperature, self.exclude_radius, self.w = temperature, exclude_radius, weights
+        self.spatial = spatial_head_dim > 0
         self.teacher = teacher
         self.tok_dim = 0
         if teacher is not None:
@@ -90,15 +97,18 @@ class SpikeVPRLoss(nn.Module):
         self.steps = 0
 
     def _token_head(self, model, tokens: torch.Tensor) -> torch.Tensor:
-        """Spike tokens ``[T, B, N, D]`` -> ``[B, N, C]`` on the teacher's map manifold: the
-        student's own descriptor head when it outputs C channels, else a learned projector."""
+        """Map spike tokens ``[T, B, N, D]`` to ``[B, N, C]`` on the teacher's map manifold.
+
+        Through the student's own descriptor head when it outputs C channels, else a learned
+        projector.
+        """
         rates = tokens.mean(0)
         if hasattr(self, "proj_tok"):
             return self.proj_tok(rates)
-        if descriptor_mode(model) != SPATIAL or model.config.descriptor_dim != self.tok_dim:
+        if model.config.descriptor_dim != self.tok_dim:
             raise ValueError(f"SpikeVPRLoss was built for a spatial student with a "
-                             f"{self.tok_dim}-channel head; got mode {descriptor_mode(model)!r}, "
-                             f"descriptor_dim {model.config.descriptor_dim}")
+                             f"{self.tok_dim}-channel head; got descriptor_dim "
+                             f"{model.config.descriptor_dim}")
         return model.desc_proj(model.desc_norm(rates))
 
     def train(self, mode: bool = True) -> "SpikeVPRLoss":
@@ -112,7 +122,7 @@ class SpikeVPRLoss(nn.Module):
         capture = model.capture() if hasattr(self, "temporal") else contextlib.nullcontext()
         with capture as cap:
             tokens = model.forward_features(x)
-        z = spatial_from_tokens(model, tokens) if descriptor_mode(model) == SPATIAL \
+        z = spatial_from_tokens(model, tokens) if self.spatial \
             else model.descriptor_from_tokens(tokens)
         b = len(xa)
         out = {}
@@ -127,8 +137,11 @@ class SpikeVPRLoss(nn.Module):
         return out
 
     def _relational(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Relational KL over the whole ``[2B, D]`` batch, or inside each half (``[B, D]``
-        anchors, ``[B, D]`` positives) so the same-place pair across views is left to InfoNCE."""
+        """Relational KL over the whole ``[2B, D]`` batch, or inside each half.
+
+        Halves: ``[B, D]`` anchors and ``[B, D]`` positives, so the same-place pair across views
+        is left to InfoNCE.
+        """
         tau = self.w.rel_temperature
         if not self.w.rel_within_view:
             return relational_kl(z, t, tau)

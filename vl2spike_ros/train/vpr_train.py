@@ -3,7 +3,8 @@
 Positives: the same place (+-``pos_tolerance`` frames) in the other traversal; in-batch
 negatives, excluding places within ``exclude_radius`` frames (near-duplicates). Inputs are
 preprocessed tensors ``[N, C, H, W]`` (see :func:`vl2spike_ros.vpr.descriptors.preprocess`).
-Checkpoints every epoch (atomic) and resumes from them.
+Checkpoints every epoch in the common format of :mod:`vl2spike_ros.train.checkpoint` and
+resumes from them.
 """
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
-from vl2spike_ros.atomic import atomic_path
+from vl2spike_ros.train import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -89,34 +91,62 @@ def sample_batch(a: torch.Tensor, b: torch.Tensor, n: int, cfg: TrainConfig,
     return (augment(xa, gen, cfg.shift_px), augment(xp, gen, cfg.shift_px), idx, pidx)
 
 
-def _load_ckpt(path: Path | None, model, opt, sched, cfg: TrainConfig) -> tuple[int, list]:
-    if path is None or not path.is_file():
+class WithLoss(nn.Module):
+    """A network and its trainable loss module (e.g. an SVS projector) as one trainable unit.
+
+    One optimiser covers both (network parameters first); checkpoints keep the network as a
+    weights file and the loss module in the trainer state.
+    """
+
+    def __init__(self, model: nn.Module, loss: nn.Module):
+        super().__init__()
+        self.model, self.loss = model, loss
+        self.config = model.config
+
+    def loss_fn(self, _self, xa, xp, pa, pp) -> dict:
+        """Apply the loss module to the network (a :data:`LossFn`)."""
+        return self.loss(self.model, xa, xp, pa, pp)
+
+
+def _parts(trainee: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """Split what :func:`train_descriptor` trains into (network, trainable loss state)."""
+    if isinstance(trainee, WithLoss):
+        return trainee.model, trainee.loss
+    return trainee, nn.Module()
+
+
+def _resume(ckpt: Path | None, model: nn.Module, opt, sched, cfg: TrainConfig) -> tuple[int, list]:
+    """Return (first epoch, history so far) from the checkpoint folder ``ckpt`` (fresh: 0, [])."""
+    info = checkpoint.read_state_json(ckpt) if ckpt is not None else None
+    if info is None:
         return 0, []
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises several types for bad files
-        raise ValueError(f"checkpoint {path} is unreadable ({exc}); delete it to restart") from exc
-    if state.get("config") != dataclasses.asdict(cfg):
-        raise ValueError(f"checkpoint {path} was written with other settings "
-                         f"{state.get('config')}; delete it or train with the same settings")
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise ValueError(f"checkpoint {path} was written for another model (shapes or names "
-                         f"differ); delete it or train that model: {str(exc)[:300]}") from exc
-    opt.load_state_dict(state["opt"])
-    sched.load_state_dict(state["sched"])
-    log.info("resumed %s at epoch %d", path, state["epoch"])
-    return int(state["epoch"]), list(state["history"])
+    if info.get("config") != dataclasses.asdict(cfg):
+        raise ValueError(f"checkpoint {ckpt} was written with other settings "
+                         f"{info.get('config')}; delete it or train with the same settings")
+    net, aux = _parts(model)
+    checkpoint.load_checkpoint(ckpt, net, aux, opt, sched)
+    log.info("resumed %s at epoch %d", ckpt, info["epoch"])
+    return int(info["epoch"]), list(info["history"])
+
+
+def _save(ckpt: Path, model: nn.Module, opt, sched, history: list[dict], cfg: TrainConfig) -> None:
+    net, aux = _parts(model)
+    info = {"epoch": history[-1]["epoch"], "history": history, "config": dataclasses.asdict(cfg)}
+    checkpoint.save_checkpoint(ckpt, net, aux, opt, sched, info)
 
 
 def train_descriptor(model: torch.nn.Module, trav_a: torch.Tensor, trav_b: torch.Tensor,
                      cfg: TrainConfig, ckpt: str | Path | None = None,
                      loss_fn: LossFn | None = None,
                      val_fn: Callable[[torch.nn.Module], dict] | None = None) -> list[dict]:
-    """Train ``model`` on two aligned traversals ``[N, C, H, W]``; returns per-epoch history."""
+    """Train ``model`` (a network or a :class:`WithLoss`) on two aligned traversals.
+
+    ``trav_a``/``trav_b`` are ``[N, C, H, W]``; the checkpoint folder ``ckpt`` is resumed when
+    it holds one. Returns the per-epoch history.
+    """
     if trav_a.shape != trav_b.shape:
-        raise ValueError(f"traversals differ in shape: {tuple(trav_a.shape)} vs {tuple(trav_b.shape)}")
+        raise ValueError(f"traversals differ in shape: {tuple(trav_a.shape)} vs "
+                         f"{tuple(trav_b.shape)}")
     n = len(trav_a)
     steps = max(1, math.ceil(2 * n / cfg.batch_size))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
@@ -124,14 +154,14 @@ def train_descriptor(model: torch.nn.Module, trav_a: torch.Tensor, trav_b: torch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * steps,
                                                 pct_start=0.1)
     ckpt = Path(ckpt) if ckpt else None
-    start, history = _load_ckpt(ckpt, model, opt, sched, cfg)
+    start, history = _resume(ckpt, model, opt, sched, cfg)
     loss_fn = loss_fn or contrastive_loss(cfg)
     for epoch in range(start, cfg.epochs):
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         model.train()
         t0, sums = time.time(), {}
         for _ in tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                      mininterval=5):
+                      mininterval=5, disable=None):
             terms = loss_fn(model, *sample_batch(trav_a, trav_b, n, cfg, gen))
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
@@ -145,10 +175,7 @@ def train_descriptor(model: torch.nn.Module, trav_a: torch.Tensor, trav_b: torch
         history.append(rec)
         log.info("epoch %s", rec)
         if ckpt is not None:
-            with atomic_path(ckpt) as tmp:
-                torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                            "sched": sched.state_dict(), "epoch": epoch + 1,
-                            "history": history, "config": dataclasses.asdict(cfg)}, tmp)
+            _save(ckpt, model, opt, sched, history, cfg)
     return history
 
 

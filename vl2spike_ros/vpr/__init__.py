@@ -1,23 +1,22 @@
 """vl2spike_ros.vpr: visual place recognition (no ROS imports).
 
-Main names (imported lazily): ``extract_descriptors``, ``PlaceMap``, ``MapMismatchError``,
-``MapFormatError``, ``match``, ``topk``, ``sequence_scores``, ``SequenceMatcher``,
-``recall_at_n``, ``pr_curve``, ``pr_auc``, ``VPRPipeline``, ``MatchResult``,
-``load_vpr_model``, ``build_map``.
+Main names (imported lazily): ``PlaceDescriptor``, ``DescriptorSettings``,
+``load_place_descriptor``, ``PlaceMap``, ``MapMismatchError``, ``MapFormatError``, ``match``,
+``topk``, ``sequence_scores``, ``SequenceMatcher``, ``recall_at_n``, ``pr_curve``, ``pr_auc``,
+``VPRPipeline``, ``MatchResult``, ``build_map``.
 """
 from __future__ import annotations
 
 import importlib
 
 _EXPORTS = {
-    "extract_descriptors": "descriptors", "place_descriptor": "descriptors",
+    "PlaceDescriptor": "place", "DescriptorSettings": "place", "load_place_descriptor": "place",
     "PlaceMap": "placemap", "MapMismatchError": "placemap", "MapFormatError": "placemap",
     "match": "matching", "topk": "matching", "sequence_scores": "matching",
     "SequenceMatcher": "matching",
     "recall_at_n": "evaluation", "pr_curve": "evaluation", "pr_auc": "evaluation",
     "evaluate_aligned": "evaluation",
-    "VPRPipeline": "pipeline", "MatchResult": "pipeline", "load_vpr_model": "pipeline",
-    "build_map": "pipeline",
+    "VPRPipeline": "pipeline", "MatchResult": "pipeline", "build_map": "pipeline",
 }
 __all__ = sorted(_EXPORTS)
 

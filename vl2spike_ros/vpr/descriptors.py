@@ -1,12 +1,15 @@
-"""Descriptor extraction: image arrays -> L2-normalised place descriptors.
+"""Descriptor building blocks: image preprocessing and the raw (unwhitened) descriptor modes.
+
+:class:`vl2spike_ros.vpr.place.PlaceDescriptor` puts them together with a backbone and its
+whitening; every consumer goes through it.
 
 Preprocessing (shared by training, eval, replay and the ROS node): resize with
 ``cv2.INTER_AREA`` to the model's input (H, W), convert to grey or RGB as the model needs,
 scale to [0, 1], then standardisation for illumination invariance: per image (``"image"``, zero
 mean and unit std) or per ``p x p`` patch (``"patch<p>"``, e.g. ``"patch8"``: SeqSLAM-style local
 contrast normalisation, robust to season and lighting changes). The normalisation a model was
-trained with is part of its weights metadata (``metadata.vpr.input_norm``) and is read by
-:func:`input_norm`.
+trained with is part of its weights metadata (``metadata.vpr.input_norm``), read by
+:func:`vl2spike_ros.vpr.place.load_place_descriptor`.
 """
 from __future__ import annotations
 
@@ -97,17 +100,6 @@ STEM = "stem"  # "stem<n>": Spikformer spike rates after the first n stem stages
 DESCRIPTOR_MODES = (SPATIAL, POOLED, MAP, STEM + "<n>")
 
 
-def input_norm(model) -> str:
-    """The input normalisation ``model`` was trained with (``"image"`` unless set)."""
-    return getattr(model, "vpr_input_norm", IMAGE_NORM)
-
-
-def descriptor_mode(model) -> str:
-    """``"spatial"`` (Spikformer tokens kept on their grid), ``"pooled"`` (model.descriptor),
-    ``"stem<n>"`` (Spikformer spike rates after n stem stages) or ``"map"`` (a CNN's conv map)."""
-    return getattr(model, "vpr_descriptor", POOLED)
-
-
 def check_mode(mode: str) -> str:
     """``mode`` if it is a known descriptor mode, else ValueError."""
     if mode in (SPATIAL, POOLED, MAP) or stem_stages(mode):
@@ -116,7 +108,7 @@ def check_mode(mode: str) -> str:
 
 
 def stem_stages(mode: str) -> int:
-    """n of a ``"stem<n>"`` mode (n >= 1), else 0."""
+    """Return n of a ``"stem<n>"`` mode (n >= 1), else 0."""
     tail = mode[len(STEM):] if isinstance(mode, str) and mode.startswith(STEM) else ""
     return int(tail) if tail.isdigit() and int(tail) >= 1 else 0
 
@@ -134,63 +126,31 @@ def spatial_from_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(z.float().flatten(1), dim=-1)
 
 
-def raw_descriptor(model, x: torch.Tensor) -> torch.Tensor:
-    """Images ``[B, C, H, W]`` -> L2-normalised descriptors ``[B, D]`` before any whitening."""
-    mode = descriptor_mode(model)
+def raw_descriptor(backbone, x: torch.Tensor, mode: str) -> torch.Tensor:
+    """Map images ``[B, C, H, W]`` to L2-normalised descriptors ``[B, D]`` (no whitening).
+
+    ``mode``: ``"spatial"`` (Spikformer tokens kept on their grid), ``"pooled"``
+    (``backbone.descriptor``), ``"stem<n>"`` (Spikformer spike rates after n stem stages) or
+    ``"map"`` (a CNN's conv map).
+    """
     if mode == SPATIAL:
-        return spatial_from_tokens(model, model.forward_features(x))
+        return spatial_from_tokens(backbone, backbone.forward_features(x))
     if stem_stages(mode):   # spike rates over T, on the stem's (finer) grid
-        rates = model.forward_stem(x, stem_stages(mode)).mean(0)
+        rates = backbone.forward_stem(x, stem_stages(mode)).mean(0)
         return torch.nn.functional.normalize(rates.flatten(1).float(), dim=-1)
     if mode == MAP:
-        return torch.nn.functional.normalize(model.features(x).flatten(1).float(), dim=-1)
-    return torch.nn.functional.normalize(model.descriptor(x).float(), dim=-1)
+        return torch.nn.functional.normalize(backbone.features(x).flatten(1).float(), dim=-1)
+    return torch.nn.functional.normalize(backbone.descriptor(x).float(), dim=-1)
 
 
-def place_descriptor(model, x: torch.Tensor) -> torch.Tensor:
-    """Images ``[B, C, H, W]`` -> L2-normalised place descriptors ``[B, D']`` (whitened when the
-    model carries a fitted :class:`~vl2spike_ros.vpr.whitening.Whitening` as ``vpr_whitening``)."""
-    z = raw_descriptor(model, x)
-    whitening = getattr(model, "vpr_whitening", None)
-    return whitening(z) if whitening is not None else z
-
-
-def raw_descriptor_dim(model) -> int:
-    """Length of :func:`raw_descriptor`'s output."""
-    cfg = model.config
-    mode = descriptor_mode(model)
+def raw_descriptor_dim(backbone, mode: str) -> int:
+    """Length of :func:`raw_descriptor`'s output for ``backbone`` in ``mode``."""
+    cfg = backbone.config
     if mode == SPATIAL:
         return int(cfg.num_tokens * cfg.descriptor_dim)
     if stem_stages(mode):
-        c, h, w = model.stem.prefix_shape(stem_stages(mode), tuple(cfg.img_size))
+        c, h, w = backbone.stem.prefix_shape(stem_stages(mode), tuple(cfg.img_size))
         return int(c * h * w)
     if mode == MAP:
-        return int(model.map_dim)
+        return int(backbone.map_dim)
     return int(cfg.descriptor_dim)
-
-
-def descriptor_dim(model) -> int:
-    """Length of :func:`place_descriptor`'s output."""
-    whitening = getattr(model, "vpr_whitening", None)
-    return whitening.out_dim if whitening is not None else raw_descriptor_dim(model)
-
-
-def model_input_spec(model) -> tuple[tuple[int, int], int]:
-    """(img_size (H, W), in_chans) of a model with a ``.config``."""
-    cfg = model.config
-    return tuple(cfg.img_size), int(cfg.in_chans)
-
-
-@torch.inference_mode()
-def extract_descriptors(model, images: np.ndarray, batch_size: int = 128,
-                        device: str = "cpu") -> np.ndarray:
-    """Descriptors ``[N, D]`` float32, L2-normalised, for ``uint8`` images ``[N, H, W(, C)]``."""
-    img_size, in_chans = model_input_spec(model)
-    model.eval()
-    out = []
-    for s in range(0, len(images), batch_size):
-        x = preprocess(images[s:s + batch_size], img_size, in_chans, input_norm(model)).to(device)
-        out.append(place_descriptor(model, x).cpu().numpy())
-    if not out:
-        raise ValueError("no images to describe")
-    return np.concatenate(out).astype(np.float32, copy=False)

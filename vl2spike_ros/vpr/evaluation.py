@@ -1,5 +1,6 @@
-"""VPR evaluation: Recall@N (frame tolerance or metric radius), PR curve, PR-AUC,
-recall at 100 % precision, and plots. Recalls are percentages (0-100).
+"""VPR evaluation: Recall@N, PR curve, PR-AUC, recall at 100 % precision, plots.
+
+Ground truth by frame tolerance or metric radius. Recalls are percentages (0-100).
 """
 from __future__ import annotations
 
@@ -24,14 +25,14 @@ def correct_by_frames(ids: np.ndarray, gt: np.ndarray, tolerance: int) -> np.nda
 
 def correct_by_radius(ids: np.ndarray, q_xy: np.ndarray, db_xy: np.ndarray,
                       radius: float) -> np.ndarray:
-    """Metric ground truth: retrieved place within ``radius`` (m) of the query -> bool ``[Q, K]``."""
+    """Metric ground truth, bool ``[Q, K]``: retrieved place within ``radius`` (m) of query."""
     ids = np.atleast_2d(ids)
     d = np.linalg.norm(db_xy[np.clip(ids, 0, None)] - q_xy[:, None, :], axis=-1)
     return (ids >= 0) & (d <= radius)
 
 
 def has_positive_by_radius(q_xy: np.ndarray, db_xy: np.ndarray, radius: float) -> np.ndarray:
-    """bool ``[Q]``: some database place lies within ``radius`` of each query."""
+    """Return bool ``[Q]``: some database place lies within ``radius`` of each query."""
     out = np.zeros(len(q_xy), dtype=bool)
     for s in range(0, len(q_xy), 1024):
         d = np.linalg.norm(q_xy[s:s + 1024, None, :] - db_xy[None], axis=-1)
@@ -106,6 +107,27 @@ def evaluate_aligned(sim: np.ndarray, gt: np.ndarray | None = None, tolerances=(
     scores, ids = topk(sim, max(ns))
     return {f"tol{t}": evaluate_ranked(scores, correct_by_frames(ids, gt, t), ns)
             for t in tolerances}
+
+
+GT_MODES = ("auto", "aligned", "radius", "none")
+
+
+def select_ground_truth(gt: str, n_queries: int, n_places: int, query_xy: np.ndarray | None,
+                        place_xy: np.ndarray | None, radius: float | None) -> str:
+    """Choose the ground truth of a replay: ``"radius"``, ``"aligned"`` or ``"none"``.
+
+    ``"radius"``: query and place positions within ``radius``; ``"aligned"``: query i shows
+    place i. ``gt="auto"`` picks radius when both sides have positions and ``radius`` is given,
+    aligned when the counts are equal, else none.
+    """
+    if gt not in GT_MODES:
+        raise ValueError(f"ground truth must be one of {', '.join(GT_MODES)}, got {gt!r}")
+    have_xy = radius is not None and place_xy is not None and query_xy is not None
+    if gt == "auto":
+        return "radius" if have_xy else "aligned" if n_queries == n_places else "none"
+    if gt == "radius" and not have_xy:
+        raise ValueError("--gt radius needs poses in the map and the bag, and --radius")
+    return gt
 
 
 def strip_curves(obj):

@@ -1,18 +1,17 @@
 """VPRPipeline: the one per-frame path shared by ``vl2spike replay`` and the ROS node.
 
-model load -> map load (model mismatch refused) -> preprocess (INTER_AREA resize first) ->
-descriptor -> FAISS search (or dense scores + sequence matching) -> threshold -> MatchResult
-with latency, firing rate and an energy estimate.
+place descriptor load (:func:`~vl2spike_ros.vpr.place.load_place_descriptor`) -> map load
+(model mismatch refused) -> preprocess (INTER_AREA resize first) -> descriptor -> FAISS search
+(or dense scores + sequence matching) -> threshold -> MatchResult with latency, firing rate and
+an energy estimate.
 
 Per-frame energy is cheap: the first processed frame is profiled once with
-:func:`vl2spike_ros.energy.counting.student_energy` (MACs of the first layer, SOPs, spike count); later
-frames count their spikes with forward hooks and scale: ``E = E_MAC*MACs + E_AC*SOPs_per_spike
-* spikes`` (SOPs per spike taken from the profiled frame).
+:func:`vl2spike_ros.energy.counting.student_energy` (MACs of the first layer, SOPs, spike
+count); later frames count their spikes with forward hooks and scale:
+``E = E_MAC*MACs + E_AC*SOPs_per_spike * spikes`` (SOPs per spike taken from the profiled frame).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,74 +20,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vl2spike_ros.vpr.descriptors import (descriptor_dim, extract_descriptors, input_norm,
-                                          place_descriptor, prepare_image)
+from vl2spike_ros.energy import counting as en
 from vl2spike_ros.vpr.matching import SequenceMatcher, topk
+from vl2spike_ros.vpr.place import PlaceDescriptor, load_place_descriptor
 from vl2spike_ros.vpr.placemap import PlaceMap, check_model_meta
 
 log = logging.getLogger(__name__)
 
-
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+MAP_BATCH = 64
 
 
-def load_vpr_model(weights: str | Path | None = None, device: str = "cpu"):
-    """(model in eval mode, model_meta) from Spikformer or CNN safetensors (+ .json).
+def build_map(place: PlaceDescriptor, images: np.ndarray, metas: list[dict] | None = None,
+              factory: str = "Flat", batch_size: int = MAP_BATCH) -> PlaceMap:
+    """Describe ``images [N,H,W(,C)]`` with ``place`` and index them in a new PlaceMap.
 
-    ``weights=None`` -> the packaged default VPR weights. ``model_meta`` has ``variant,
-    weights_hash, descriptor_dim, input_size [C, H, W]`` (what a PlaceMap records).
+    The map's model_meta is ``place.model_meta()``.
     """
-    from vl2spike_ros.models import default_vpr_weights, load_model
-
-    path = Path(weights) if weights else default_vpr_weights()
-    if not path.is_file():
-        raise FileNotFoundError(f"VPR weights {path} not found"
-                                + ("" if weights else " (build them: vl2spike vpr train)"))
-    jpath = path.with_suffix(".json")
-    kind = json.loads(jpath.read_text()).get("kind") if jpath.is_file() else None
-    if kind == "cnn":
-        from vl2spike_ros.models.cnn import load_cnn
-        model = load_cnn(path)
-    else:
-        from vl2spike_ros.models import read_model_meta
-        from vl2spike_ros.vpr.descriptors import IMAGE_NORM, check_norm, check_mode
-        model = load_model(path, map_location=device)
-        vpr = read_model_meta(path).get("metadata", {}).get("vpr", {})
-        model.vpr_descriptor = check_mode(vpr.get("descriptor", "pooled"))
-        model.vpr_input_norm = check_norm(vpr.get("input_norm", IMAGE_NORM), model.config.img_size)
-    attach_whitening(model, path)
-    model = model.to(device).eval()
-    cfg = model.config
-    meta = {"variant": cfg.name, "weights_hash": _file_hash(path),
-            "descriptor_dim": descriptor_dim(model),
-            "input_size": [int(cfg.in_chans), *map(int, cfg.img_size)]}
-    return model, meta
-
-
-def attach_whitening(model, path: str | Path) -> None:
-    """Set ``model.vpr_whitening`` from the weights file (``None`` when it has none); refuses a
-    whitening that does not fit the model's raw descriptor."""
-    from vl2spike_ros.models import load_extra_tensors
-    from vl2spike_ros.vpr.descriptors import raw_descriptor_dim
-    from vl2spike_ros.vpr.whitening import Whitening
-
-    whitening = Whitening.from_tensors(load_extra_tensors(path))
-    if whitening is not None and whitening.in_dim != raw_descriptor_dim(model):
-        raise ValueError(f"{path}: stored whitening expects {whitening.in_dim}-d descriptors, the "
-                         f"model gives {raw_descriptor_dim(model)}-d")
-    model.vpr_whitening = whitening
-
-
-def build_map(model, model_meta: dict, images: np.ndarray, metas: list[dict] | None = None,
-              factory: str = "Flat", batch_size: int = 64) -> PlaceMap:
-    """Describe ``images [N,H,W(,C)]`` and index them in a new :class:`PlaceMap`."""
-    descs = extract_descriptors(model, images, batch_size)
-    pm = PlaceMap(descs.shape[1], model_meta, factory)
+    descs = place.describe_images(images, batch_size)
+    pm = PlaceMap(descs.shape[1], place.model_meta(), factory)
     pm.add(descs, metas)
     return pm
 
@@ -96,6 +45,7 @@ def build_map(model, model_meta: dict, images: np.ndarray, metas: list[dict] | N
 @dataclass
 class MatchResult:
     """Outcome for one frame. ``ids/scores [k]`` best first; ``best_id`` -1 when none."""
+
     ids: np.ndarray
     scores: np.ndarray
     accepted: bool
@@ -131,23 +81,26 @@ class _SpikeCounter:
 
 
 class VPRPipeline:
-    """Per-frame place recognition. ``process(image) -> MatchResult``; stateful only through
-    the sequence matcher (``reset()`` clears it)."""
+    """Per-frame place recognition: ``process(image) -> MatchResult``.
+
+    Stateful only through the sequence matcher (``reset()`` clears it).
+    """
 
     def __init__(self, weights: str | Path | None = None, map_dir: str | Path | None = None,
                  top_k: int = 5, threshold: float = 0.0, seq_len: int = 1, device: str = "cpu",
                  energy: bool = True):
         if top_k < 1 or seq_len < 1:
             raise ValueError(f"top_k and seq_len must be >= 1 (got {top_k}, {seq_len})")
-        self.model, self.model_meta = load_vpr_model(weights, device)
+        self.place = load_place_descriptor(weights, device)
+        self.model_meta = self.place.model_meta()
         self.device, self.top_k, self.threshold = device, top_k, float(threshold)
-        self.img_size = tuple(self.model.config.img_size)
-        self.in_chans = int(self.model.config.in_chans)
-        self.norm = input_norm(self.model)
+        self.img_size = self.place.settings.img_size
+        self.in_chans = self.place.settings.in_chans
         self.map = PlaceMap.load(map_dir, expect_model_meta=self.model_meta) if map_dir else None
         self.seq = SequenceMatcher(seq_len) if seq_len > 1 else None
-        self.is_spiking = hasattr(self.model, "lif_nodes")
-        self._counter = _SpikeCounter(self.model) if (energy and self.is_spiking) else None
+        self.is_spiking = self.place.is_spiking
+        self._counter = (_SpikeCounter(self.place.backbone) if (energy and self.is_spiking)
+                         else None)
         self._energy_cal: dict | None = None
         self._want_energy = energy
         self.describe(np.zeros((*self.img_size, self.in_chans), np.uint8))  # warm-up
@@ -165,8 +118,7 @@ class VPRPipeline:
     @torch.inference_mode()
     def describe(self, image: np.ndarray) -> np.ndarray:
         """One image ``[H,W(,C)]`` uint8 -> descriptor ``[1, D]`` float32."""
-        x = torch.from_numpy(prepare_image(image, self.img_size, self.in_chans, self.norm))[None]
-        return place_descriptor(self.model, x.to(self.device)).cpu().numpy()
+        return self.place(self.place.frame_tensor(image).to(self.device)).cpu().numpy()
 
     def _search(self, desc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.seq is None:
@@ -189,24 +141,23 @@ class VPRPipeline:
         best_id = int(ids[0]) if len(ids) and ids[0] >= 0 else -1
         best = float(scores[0]) if best_id >= 0 else float("-inf")
         fr, e = self._frame_energy(image)
-        return MatchResult(ids=ids, scores=scores, accepted=bool(best_id >= 0 and best >= self.threshold),
+        return MatchResult(ids=ids, scores=scores,
+                           accepted=bool(best_id >= 0 and best >= self.threshold),
                            best_id=best_id, best_score=best, latency_ms=latency, firing_rate=fr,
                            energy_mj=e, place=self.map.place(best_id) if best_id >= 0 else None,
                            descriptor=desc)
 
     def _calibrate_energy(self, image: np.ndarray) -> dict:
         """Profile one frame (outside the timed path): constant MAC energy + SOPs per spike."""
-        from vl2spike_ros import energy as en
-        x = torch.from_numpy(prepare_image(image, self.img_size, self.in_chans, self.norm))[None]
-        def describe(t: torch.Tensor) -> torch.Tensor:   # what matching uses
-            return place_descriptor(self.model, t)
+        x = self.place.frame_tensor(image).to(self.device)
+        describe = self.place   # what matching uses: raw descriptor + whitening
         if not self.is_spiking:
             rep = en.teacher_energy(describe, x)
             return {"mac_mj": rep["energy_mj"], "sop_per_spike": 0.0}
         if self._counter is not None:
             self._counter.close()
-        rep = en.student_energy(self.model, x, output=describe)
-        self._counter = _SpikeCounter(self.model)
+        rep = en.student_energy(self.place.backbone, x, output=describe)
+        self._counter = _SpikeCounter(self.place.backbone)
         with torch.inference_mode():
             describe(x)
         spikes = max(self._counter.spikes, 1.0)
@@ -217,7 +168,8 @@ class VPRPipeline:
         if not self._want_energy:
             return None, None
         if self._energy_cal is None:
-            spikes, neurons = (self._counter.spikes, self._counter.neurons) if self._counter else (0, 0)
+            c = self._counter
+            spikes, neurons = (c.spikes, c.neurons) if c is not None else (0, 0)
             self._energy_cal = self._calibrate_energy(image)
             if self._counter is not None:
                 self._counter.spikes, self._counter.neurons = spikes, neurons

@@ -1,34 +1,64 @@
 """PlaceMap: a FAISS inner-product index over L2-normalised descriptors + per-place metadata.
 
-A map is a folder: ``index.faiss`` (``faiss.write_index``) and ``map.json`` (format version,
-model metadata, FAISS factory string, per-place metadata stored as columns, and the index
-file's CRC-32 and size). Both files are written atomically, ``map.json`` last; a crash between
-the two leaves a map whose CRC/size check fails with a clear error, never a silent mix.
+A map is a folder holding ``map.json`` (format version, model identity, FAISS factory string,
+per-place metadata stored as columns, and the name, CRC-32 and size of the index file) and the
+FAISS index it names (``index-<token>.faiss``; maps of format ``/1`` use ``index.faiss``).
+
+**Saving replaces the whole map atomically.** The new index is written under a fresh name
+(temporary file, fsync, rename), then ``map.json`` is replaced (temporary file, fsync, rename):
+that rename is the commit. Until it happens the folder still holds the old ``map.json`` and the
+old index file it names, so a crash (kill -9, power loss) at any instant leaves the old map or
+the new one, never a mix. Files a crash leaves behind (temporary files, an index no ``map.json``
+names) are ignored when loading and removed by the next save. Saves hold an exclusive
+``flock`` on the folder, so two writers never interleave. ``map_dir`` stays a plain folder (it
+may be a symlink or a mount point).
+
+``map.json`` is validated field by field (types, not truthiness) before anything is trusted;
+a map is matched to a model on ``variant, weights_hash, descriptor_dim, input_size`` and, when
+both sides record one, the model ``fingerprint`` (weights tensors + descriptor settings).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
+import re
+import secrets
 import zlib
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 import faiss  # noqa: E402
 
-from vl2spike_ros.atomic import atomic_path, write_json_atomic
+from vl2spike_ros.atomic import atomic_path, write_json_atomic  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-FORMAT = "vl2spike-placemap/1"
+FORMAT = "vl2spike-placemap/2"
+FORMAT_V1 = "vl2spike-placemap/1"  # read only: index always named INDEX_FILE, no index_file key
+FORMATS = (FORMAT_V1, FORMAT)
 INDEX_FILE = "index.faiss"
 META_FILE = "map.json"
 MODEL_KEYS = ("variant", "weights_hash", "descriptor_dim", "input_size")
+FINGERPRINT = "fingerprint"
+_INDEX_NAME = re.compile(r"^index(-[0-9a-f]{16})?\.faiss$")
+_LEFTOVER = re.compile(r"^(index(-[0-9a-f]{16})?\.faiss|\.index(-[0-9a-f]{16})?\.faiss\..+\.tmp|"
+                       r"\.map\.json\..+\.tmp)$")
+_CRC = re.compile(r"^[0-9a-f]{8}$")
+_FIELDS = {"format": str, "dim": int, "factory": str, "model": dict, "n_places": int,
+           "index_crc32": str, "index_bytes": int, "places": dict}
+_MODEL_FIELDS = {"variant": str, "weights_hash": str, "descriptor_dim": int, "input_size": list,
+                 FINGERPRINT: str}
+_TYPE_NAMES = {str: "a string", int: "an integer", dict: "an object", list: "a list"}
 
 
 class MapMismatchError(ValueError):
-    """The map was built by another model (variant, weights or descriptor size)."""
+    """The map was built by another model (variant, weights, descriptor settings or size)."""
 
 
 class MapFormatError(ValueError):
@@ -52,22 +82,44 @@ def _to_columns(metas: list[dict]) -> dict[str, list]:
     return {k: [m.get(k) for m in metas] for k in keys}
 
 
-def _from_columns(cols: dict[str, list], n: int) -> list[dict]:
+def _from_columns(cols: dict[str, list], n: int, path: Path) -> list[dict]:
     for k, v in cols.items():
         if not isinstance(v, list) or len(v) != n:
-            raise MapFormatError(f"map.json column {k!r} does not list {n} places")
+            found = f"{len(v)} entries" if isinstance(v, list) else type(v).__name__
+            raise MapFormatError(f"{path}: column {k!r} of 'places' must list {n} places "
+                                 f"(n_places), found {found}")
     keys = list(cols)
     return [{k: cols[k][i] for k in keys if cols[k][i] is not None} for i in range(n)]
 
 
+# ------------------------------------------------------------------------------- model identity
 def check_model_meta(found: dict, expected: dict, where: str = "map") -> None:
-    """Raise :class:`MapMismatchError` when a key of ``MODEL_KEYS`` present in both differs."""
+    """Raise :class:`MapMismatchError` unless map and model identities match.
+
+    Every ``MODEL_KEYS`` entry of the loaded model's ``expected`` must be recorded by the map's
+    ``found`` and equal; ``fingerprint`` is compared when both record one (an older map without
+    one is accepted with a logged warning).
+    """
+    if not isinstance(found, dict):
+        raise MapMismatchError(f"{where} records no model identity (got {found!r}); rebuild it "
+                               "with `vl2spike map build` for these weights")
+    missing = [k for k in MODEL_KEYS if k in expected and k not in found]
+    if missing:
+        raise MapMismatchError(f"{where} does not record the model's {', '.join(missing)}: "
+                               "cannot check that it was built with these weights; rebuild it "
+                               "with `vl2spike map build`")
+    keys = list(MODEL_KEYS) + ([FINGERPRINT] if FINGERPRINT in found and FINGERPRINT in expected
+                               else [])
     diffs = [f"{k}: {where} has {found.get(k)!r}, model has {expected.get(k)!r}"
-             for k in MODEL_KEYS
-             if k in expected and k in found and _norm(found[k]) != _norm(expected[k])]
+             for k in keys if k in expected and _norm(found[k]) != _norm(expected[k])]
     if diffs:
         raise MapMismatchError(f"{where} was built by a different model ({'; '.join(diffs)}); "
                                "rebuild it with `vl2spike map build` for these weights")
+    if FINGERPRINT in expected and FINGERPRINT not in found:
+        log.warning("%s records no model fingerprint (built before fingerprints existed): "
+                    "variant, weights_hash, descriptor_dim and input_size match, but the weights' "
+                    "descriptor settings (JSON sidecar) cannot be checked; rebuild the map with "
+                    "`vl2spike map build` to record them", where)
 
 
 def _norm(v):
@@ -83,9 +135,7 @@ class PlaceMap:
         self.dim = int(dim)
         self.model_meta = dict(model_meta or {})
         self.model_meta.setdefault("descriptor_dim", self.dim)
-        if int(self.model_meta["descriptor_dim"]) != self.dim:
-            raise ValueError(f"model_meta descriptor_dim {self.model_meta['descriptor_dim']} != "
-                             f"map dim {dim}")
+        _check_model_fields(self.model_meta, "model_meta", self.dim)
         self.factory = factory
         try:
             self.index = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
@@ -137,56 +187,176 @@ class PlaceMap:
         return self._check(descs) @ self._dense.T
 
     def place(self, place_id: int) -> dict:
-        """Metadata of one place (``place_id``, source frame/stamp, optional pose, frame_id)."""
+        """Return a place's metadata: id, source frame/stamp, optional pose and frame_id."""
         if not 0 <= int(place_id) < len(self._metas):
             raise KeyError(f"no place {place_id} (map has {len(self)})")
         return self._metas[int(place_id)]
 
     # --------------------------------------------------------------------------- save / load
     def save(self, map_dir: str | Path) -> Path:
-        """Write ``map_dir/index.faiss`` and ``map_dir/map.json`` atomically."""
+        """Replace the map in ``map_dir`` atomically (see the module docstring)."""
         map_dir = Path(map_dir)
+        _check_model_fields(self.model_meta, f"model metadata of the map for {map_dir}", self.dim)
         map_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(map_dir / INDEX_FILE) as tmp:
-            faiss.write_index(self.index, str(tmp))
-        idx = map_dir / INDEX_FILE
-        write_json_atomic(map_dir / META_FILE, {
-            "format": FORMAT, "dim": self.dim, "factory": self.factory,
-            "model": self.model_meta, "n_places": len(self),
-            "index_crc32": _crc32(idx), "index_bytes": idx.stat().st_size,
-            "places": _to_columns(self._metas)})
+        with _folder_lock(map_dir):
+            name = f"index-{secrets.token_hex(8)}.faiss"
+            idx = map_dir / name
+            with atomic_path(idx) as tmp:
+                faiss.write_index(self.index, str(tmp))
+            _fsync_dir(map_dir)
+            write_json_atomic(map_dir / META_FILE, {
+                "format": FORMAT, "dim": self.dim, "factory": self.factory,
+                "model": self.model_meta, "n_places": len(self), "index_file": name,
+                "index_crc32": _crc32(idx), "index_bytes": idx.stat().st_size,
+                "places": _to_columns(self._metas)})
+            _fsync_dir(map_dir)  # the commit point is durable from here on
+            _remove_leftovers(map_dir, keep=name)
         log.info("saved %d places to %s", len(self), map_dir)
         return map_dir
 
     @classmethod
     def load(cls, map_dir: str | Path, expect_model_meta: dict | None = None,
              verify: bool = True) -> "PlaceMap":
-        """Load a map folder; ``MapMismatchError`` if ``expect_model_meta`` disagrees,
-        ``MapFormatError`` (a ValueError) if a file is corrupt/truncated, FileNotFoundError if absent.
+        """Load a map folder.
+
+        Raises ``MapMismatchError`` if ``expect_model_meta`` disagrees, ``MapFormatError`` (a
+        ValueError) if a file is corrupt/truncated or ``map.json`` breaks its schema,
+        FileNotFoundError if absent.
         """
         map_dir = Path(map_dir)
-        meta = _read_meta(map_dir)
+        meta, idx_path = _read_meta(map_dir), None
+        for _ in range(3):  # a concurrent save may replace the index between the two reads
+            idx_path = map_dir / _index_name(meta)
+            if idx_path.is_file():
+                break
+            again = _read_meta(map_dir)
+            if _index_name(again) == _index_name(meta):
+                break
+            meta = again
         if expect_model_meta is not None:
             check_model_meta(meta["model"], expect_model_meta, where=f"map {map_dir}")
-        idx_path = map_dir / INDEX_FILE
         if not idx_path.is_file():
             raise FileNotFoundError(f"{idx_path} missing (map folder incomplete)")
         size = idx_path.stat().st_size
         if size != meta["index_bytes"] or (verify and _crc32(idx_path) != meta["index_crc32"]):
-            raise MapFormatError(f"{idx_path} is corrupt or truncated ({size} bytes, "
-                                 f"expected {meta['index_bytes']}); rebuild the map")
+            raise MapFormatError(f"{idx_path} is corrupt or truncated ({size} bytes, CRC checked "
+                                 f"against map.json: {meta['index_bytes']} bytes, crc32 "
+                                 f"{meta['index_crc32']}); rebuild the map")
         try:
             index = faiss.read_index(str(idx_path))
         except RuntimeError as exc:
             raise MapFormatError(f"cannot read FAISS index {idx_path}: {exc}") from exc
         if index.d != meta["dim"] or index.ntotal != meta["n_places"]:
-            raise MapFormatError(f"{idx_path} holds {index.ntotal} x {index.d} but map.json "
-                                 f"lists {meta['n_places']} x {meta['dim']}")
+            raise MapFormatError(f"{idx_path} holds {index.ntotal} places of dim {index.d} but "
+                                 f"map.json lists {meta['n_places']} places of dim {meta['dim']}")
         pm = cls.__new__(cls)
-        pm.dim, pm.model_meta, pm.factory = int(meta["dim"]), meta["model"], meta["factory"]
+        pm.dim, pm.model_meta, pm.factory = meta["dim"], meta["model"], meta["factory"]
         pm.index, pm._dense = index, None
-        pm._metas = _from_columns(meta["places"], int(meta["n_places"]))
+        pm._metas = _from_columns(meta["places"], meta["n_places"], map_dir / META_FILE)
         return pm
+
+
+def index_path(map_dir: str | Path) -> Path:
+    """Return the index file the map in ``map_dir`` uses now (named by its ``map.json``)."""
+    return Path(map_dir) / _index_name(_read_meta(Path(map_dir)))
+
+
+# ------------------------------------------------------------------------------- folder commit
+# Tests kill a save at every file-system call (audit hooks); keep every step below atomic.
+@contextlib.contextmanager
+def _folder_lock(map_dir: Path) -> Iterator[None]:
+    """Exclusive ``flock`` on the map folder for one save (released on exit or on a crash)."""
+    fd = os.open(map_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_leftovers(map_dir: Path, keep: str) -> None:
+    """Remove index files ``map.json`` no longer names and temporary files of crashed saves."""
+    for entry in os.scandir(map_dir):
+        if entry.name != keep and _LEFTOVER.match(entry.name) and entry.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+
+
+def _index_name(meta: dict) -> str:
+    return meta.get("index_file", INDEX_FILE)
+
+
+# ------------------------------------------------------------------------------- map.json schema
+def _type_error(path: Path, field: str, value: Any, typ: type) -> MapFormatError:
+    shown = json.dumps(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return MapFormatError(f"{path}: field {field!r} must be {_TYPE_NAMES[typ]}, got {shown} "
+                          f"({type(value).__name__})")
+
+
+def _typed(value: Any, typ: type) -> bool:
+    if typ is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, typ)
+
+
+def _check_model_fields(model: Any, where: Any, dim: int) -> None:
+    """Types of the model identity (``model`` in map.json); raise MapFormatError naming a field."""
+    if not _typed(model, dict):
+        raise _type_error(where, "model", model, dict)
+    for key, typ in _MODEL_FIELDS.items():
+        if key in model and not _typed(model[key], typ):
+            raise _type_error(where, f"model.{key}", model[key], typ)
+    if "descriptor_dim" not in model:
+        raise MapFormatError(f"{where}: field 'model' lacks 'descriptor_dim'")
+    if model["descriptor_dim"] != dim:
+        raise MapFormatError(f"{where}: model.descriptor_dim {model['descriptor_dim']} differs "
+                             f"from dim {dim}")
+    size = model.get("input_size", [1, 1, 1])
+    if len(size) != 3 or not all(_typed(v, int) and v > 0 for v in size):
+        raise MapFormatError(f"{where}: field 'model.input_size' must be 3 positive integers "
+                             f"[C, H, W], got {json.dumps(size)}")
+    if model.get(FINGERPRINT) == "" or model.get("weights_hash") == "":
+        raise MapFormatError(f"{where}: model fingerprint / weights_hash must not be empty")
+
+
+def _check_meta(meta: Any, path: Path) -> dict:
+    """Validate the parsed ``map.json`` (types and ranges, field by field); returns it."""
+    if not isinstance(meta, dict):
+        raise MapFormatError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    if meta.get("format") not in FORMATS:
+        raise MapFormatError(f"{path}: field 'format' is {json.dumps(meta.get('format'))}, "
+                             f"expected one of {', '.join(FORMATS)} (not a vl2spike place map, "
+                             "or written by a newer version)")
+    missing = [k for k in _FIELDS if k not in meta]
+    if missing:
+        raise MapFormatError(f"{path}: missing field(s) {', '.join(missing)}")
+    for key, typ in _FIELDS.items():
+        if not _typed(meta[key], typ):
+            raise _type_error(path, key, meta[key], typ)
+    for key, low in (("dim", 1), ("n_places", 0), ("index_bytes", 0)):
+        if meta[key] < low:
+            raise MapFormatError(f"{path}: field {key!r} must be >= {low}, got {meta[key]}")
+    if not _CRC.match(meta["index_crc32"]):
+        raise MapFormatError(f"{path}: field 'index_crc32' must be 8 hex digits, got "
+                             f"{json.dumps(meta['index_crc32'])}")
+    if meta["format"] == FORMAT:
+        name = meta.get("index_file")
+        if not (_typed(name, str) and _INDEX_NAME.match(name)):
+            raise MapFormatError(f"{path}: field 'index_file' must name an index file in the "
+                                 f"map folder (index-<16 hex>.faiss), got {json.dumps(name)}")
+    elif "index_file" in meta:
+        raise MapFormatError(f"{path}: field 'index_file' is not part of format {FORMAT_V1}")
+    _check_model_fields(meta["model"], path, meta["dim"])
+    return meta
 
 
 def _read_meta(map_dir: Path) -> dict:
@@ -199,10 +369,4 @@ def _read_meta(map_dir: Path) -> dict:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MapFormatError(f"{path} is corrupt or truncated: {exc}") from exc
-    need = ("format", "dim", "factory", "model", "n_places", "index_crc32", "index_bytes",
-            "places")
-    if not isinstance(meta, dict) or any(k not in meta for k in need):
-        raise MapFormatError(f"{path} lacks required fields {need}")
-    if meta["format"] != FORMAT or not isinstance(meta["places"], dict):
-        raise MapFormatError(f"{path} has format {meta['format']!r}, expected {FORMAT!r}")
-    return meta
+    return _check_meta(meta, path)

@@ -20,14 +20,19 @@ CSV_FIELDS = ("frame", "stamp_ns", "best_id", "best_score", "accepted", "top_ids
 
 def replay_frames(pipeline, frames: Iterable[tuple[int, np.ndarray]],
                   total: int | None = None) -> list[dict]:
-    """Run ``(stamp_ns, image)`` pairs through ``pipeline.process``; one row dict per frame."""
+    """Run ``(stamp_ns, image)`` pairs through ``pipeline.process``; one row dict per frame.
+
+    ``frames`` may be a generator: frames are consumed one at a time and not kept, so memory
+    does not grow with the frames' pixels (only the small per-frame rows are kept).
+    """
     rows = []
-    bar = tqdm(frames, total=total, desc="replay", leave=False, mininterval=2)
+    bar = tqdm(frames, total=total, desc="replay", leave=False, mininterval=2, disable=None)
     for i, (stamp, img) in enumerate(bar):
         r = pipeline.process(img)
         rows.append({"frame": i, "stamp_ns": int(stamp), "best_id": r.best_id,
                      "best_score": r.best_score, "accepted": r.accepted,
-                     "top_ids": [int(x) for x in r.ids], "top_scores": [float(x) for x in r.scores],
+                     "top_ids": [int(x) for x in r.ids],
+                     "top_scores": [float(x) for x in r.scores],
                      "latency_ms": r.latency_ms, "firing_rate": r.firing_rate,
                      "energy_mj": r.energy_mj})
     if not rows:
@@ -36,7 +41,7 @@ def replay_frames(pipeline, frames: Iterable[tuple[int, np.ndarray]],
 
 
 def write_csv(rows: list[dict], path: str | Path) -> None:
-    """Matches CSV (lists joined with spaces), written atomically."""
+    """Write the matches CSV (lists joined with spaces) atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         w.writeheader()
@@ -57,6 +62,13 @@ def summarise(rows: list[dict]) -> dict:
         if vals:
             out[f"mean_{key}"] = float(np.mean(vals))
     return out
+
+
+def place_positions(places: list[dict]) -> np.ndarray | None:
+    """Planar ``[N, 2]`` positions of map places when every place has a pose, else None."""
+    if not places or not all("pose" in p for p in places):
+        return None
+    return np.array([p["pose"][:2] for p in places], dtype=np.float64)
 
 
 def replay_metrics(rows: list[dict], place_xy: np.ndarray | None = None,

@@ -17,6 +17,7 @@ from vl2spike_ros.vpr.baselines import BASELINES
 from vl2spike_ros.vpr.evaluation import (DEFAULT_NS, correct_by_frames, correct_by_radius,
                                          evaluate_ranked, has_positive_by_radius)
 from vl2spike_ros.vpr.matching import sequence_scores, topk
+from vl2spike_ros.vpr.place import PlaceDescriptor
 from vl2spike_ros.vpr.placemap import PlaceMap
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Method:
-    """``describe(images [N,H,W(,C)] uint8) -> [N, D]``; ``similarity(q, db) -> [Q, M]``."""
+    """A VPR method: ``describe(images [N,H,W(,C)] uint8) -> [N, D]``, ``similarity``.
+
+    ``similarity(q, db) -> [Q, M]``.
+    """
+
     name: str
     describe: Callable[[np.ndarray], np.ndarray]
     similarity: Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -32,9 +37,9 @@ class Method:
     energy_mj: float | None = None  # per query, if known
 
 
-def model_method(model, name: str = "model", batch_size: int = 64) -> Method:
-    from vl2spike_ros.vpr.descriptors import extract_descriptors
-    return Method(name, lambda x: extract_descriptors(model, x, batch_size),
+def model_method(place: PlaceDescriptor, name: str = "model", batch_size: int = 64) -> Method:
+    """Wrap a learned place descriptor as a :class:`Method` (FAISS inner-product search)."""
+    return Method(name, lambda x: place.describe_images(x, batch_size),
                   lambda q, d: q @ d.T, faiss_ok=True)
 
 
@@ -58,30 +63,48 @@ def rank(method: Method, q: np.ndarray, db: np.ndarray, k: int,
     return topk(sim, k)
 
 
+@dataclass(frozen=True)
+class GroundTruth:
+    """When a match is correct.
+
+    Within ``radius`` metres when it is given and both sides carry positions ``db_xy``
+    ``[M, 2]`` / ``q_xy`` ``[Q, 2]``; else by sequence alignment (query i shows database place
+    i, +-``tolerance`` frames).
+    """
+
+    tolerance: int = 1
+    radius: float | None = None
+    db_xy: np.ndarray | None = None
+    q_xy: np.ndarray | None = None
+
+    @property
+    def metric(self) -> bool:
+        return self.radius is not None and self.db_xy is not None and self.q_xy is not None
+
+
 def evaluate_sets(method: Method, db_images: np.ndarray, q_images: np.ndarray,
-                  tolerance: int = 1, radius: float | None = None,
-                  db_xy: np.ndarray | None = None, q_xy: np.ndarray | None = None,
-                  seq_len: int = 1, ns=DEFAULT_NS, db_desc: np.ndarray | None = None) -> dict:
+                  truth: GroundTruth = GroundTruth(), seq_len: int = 1, ns=DEFAULT_NS) -> dict:
     """Metrics dict: ``recall {r1,r5,...}, pr_auc, recall_at_100p, queries_per_s, ...``.
 
     ``queries_per_s`` times query description + search (the database is built beforehand).
     """
-    db = method.describe(db_images) if db_desc is None else db_desc
+    db = method.describe(db_images)
     method.describe(q_images[:1])  # warm-up: first-call overheads are not per-query cost
     t0 = time.perf_counter()
     q = method.describe(q_images)
     scores, ids = rank(method, q, db, max(ns), seq_len)
     dt = time.perf_counter() - t0
-    if radius is not None and db_xy is not None and q_xy is not None:
-        correct, hp, gt = correct_by_radius(ids, q_xy, db_xy, radius), \
-            has_positive_by_radius(q_xy, db_xy, radius), f"radius {radius} m"
+    if truth.metric:
+        correct = correct_by_radius(ids, truth.q_xy, truth.db_xy, truth.radius)
+        hp = has_positive_by_radius(truth.q_xy, truth.db_xy, truth.radius)
+        gt = f"radius {truth.radius} m"
     else:
         if len(q_images) > len(db_images):
             raise ValueError(f"{len(q_images)} queries but only {len(db_images)} database images: "
                              "sequence alignment needs query i to show database place i "
                              "(or give positions and a radius)")
-        correct = correct_by_frames(ids, np.arange(len(q)), tolerance)
-        hp, gt = None, f"aligned, tolerance +-{tolerance} frames"
+        correct = correct_by_frames(ids, np.arange(len(q)), truth.tolerance)
+        hp, gt = None, f"aligned, tolerance +-{truth.tolerance} frames"
     res = evaluate_ranked(scores, correct, ns, hp)
     res.update({"queries_per_s": len(q) / max(dt, 1e-9), "n_db": int(len(db)),
                 "n_queries": int(len(q)), "ground_truth": gt, "seq_len": int(seq_len),

@@ -11,8 +11,9 @@ directions of the whitened data and keep the top ``dim``:
 
 Descriptors larger than ``pca_dim`` are first reduced by PCA. Everything is linear, so the fitted
 map is a ``[D, dim]`` matrix plus a ``[D]`` mean; it is stored inside the model's safetensors file
-(tensors ``vpr_whitening.mean`` / ``vpr_whitening.proj``, the latter as float16 when lossless enough) and applied by
-:func:`vl2spike_ros.vpr.descriptors.place_descriptor` for every consumer (maps, eval, node).
+(tensors ``vpr_whitening.mean`` / ``vpr_whitening.proj``, the latter as float16 when lossless
+enough) and applied by :class:`vl2spike_ros.vpr.place.PlaceDescriptor` for every consumer (maps,
+eval, node).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ PREFIX = "vpr_whitening."
 @dataclass(frozen=True)
 class Whitening:
     """Fitted whitening: ``mean [D]`` and ``proj [D, K]`` (float32 tensors)."""
+
     mean: torch.Tensor
     proj: torch.Tensor
 
@@ -49,24 +51,28 @@ class Whitening:
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         """``[B, D]`` -> L2-normalised ``[B, K]`` (float32)."""
         if z.ndim != 2 or z.shape[1] != self.in_dim:
-            raise ValueError(f"whitening expects descriptors [B, {self.in_dim}], got {list(z.shape)}")
+            raise ValueError(f"whitening expects descriptors [B, {self.in_dim}], "
+                             f"got {list(z.shape)}")
         y = (z.float() - self.mean.to(z.device)) @ self.proj.to(z.device)
         return torch.nn.functional.normalize(y, dim=-1)
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
-        """Tensors to store next to the model weights (prefixed names). ``proj`` is stored as
-        float16 when that loses < 1e-3 of it (relative Frobenius error; halves the file; on the
-        shipped Spikformer R@1 is unchanged and descriptors stay within cosine 0.9999998),
-        else as float32; it is always used as float32."""
+        """Return the tensors to store next to the model weights (prefixed names).
+
+        ``proj`` is stored as float16 when that loses < 1e-3 of it (relative Frobenius error;
+        halves the file; on the shipped Spikformer R@1 is unchanged and descriptors stay within
+        cosine 0.9999998), else as float32; it is always used as float32.
+        """
         proj = self.proj.float()
         half = proj.half()
         err = (half.float() - proj).norm() / proj.norm().clamp_min(1e-12)
         keep = half if bool(torch.isfinite(half).all()) and float(err) < 1e-3 else proj
-        return {PREFIX + "mean": self.mean.float().contiguous(), PREFIX + "proj": keep.contiguous()}
+        return {PREFIX + "mean": self.mean.float().contiguous(),
+                PREFIX + "proj": keep.contiguous()}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "Whitening | None":
-        """The whitening stored in ``tensors`` (``None`` if there is none)."""
+        """Return the whitening stored in ``tensors`` (``None`` if there is none)."""
         keys = {PREFIX + "mean", PREFIX + "proj"}
         present = keys & set(tensors)
         if not present:
@@ -77,7 +83,8 @@ class Whitening:
         return cls(tensors[PREFIX + "mean"].float(), tensors[PREFIX + "proj"].float())
 
 
-def split_whitening(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Whitening | None]:
+def split_whitening(state: dict[str, torch.Tensor]
+                    ) -> tuple[dict[str, torch.Tensor], Whitening | None]:
     """(model state without whitening tensors, whitening or ``None``)."""
     model_state = {k: v for k, v in state.items() if not k.startswith(PREFIX)}
     return model_state, Whitening.from_tensors(state)
@@ -107,6 +114,7 @@ def fit_whitening(a: np.ndarray, b: np.ndarray, dim: int = 256, shrink: float = 
     e2, v2 = np.linalg.eigh(z.T @ z / len(z))
     k = min(dim, v2.shape[1])
     proj = p0 @ w @ v2[:, ::-1][:, :k]
-    log.info("whitening fitted on %d pairs: %d -> %d dims (shrink %g)", len(a), a.shape[1], k, shrink)
+    log.info("whitening fitted on %d pairs: %d -> %d dims (shrink %g)", len(a), a.shape[1], k,
+             shrink)
     return Whitening(torch.from_numpy(mu.astype(np.float32)),
                      torch.from_numpy(np.ascontiguousarray(proj, dtype=np.float32)))

@@ -30,6 +30,8 @@ import numpy as np
 
 from vl2spike_ros.atomic import write_json_atomic
 from vl2spike_ros.bench.ros.harness import Prober, publish, start_node, stop_node, wait_ready
+from vl2spike_ros.data.datasets import (NORDLAND_TRAIN_FRACTION, load_images, nordland_files,
+                                        nordland_split_range)
 from vl2spike_ros.ros.env import apply_loopback_env
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ class DemoConfig:
     data_root: Path | None = None
     weights: Path | None = None
     rate_hz: float = 30.0
-    train_frac: float = 0.6
+    train_frac: float = NORDLAND_TRAIN_FRACTION
     tolerance: int = 1
     top_k: int = 5
     seq_len: int = 1
@@ -96,7 +98,7 @@ def log_tail(path: Path, chars: int = 2000) -> str:
 
 
 def resolve_weights(weights: Path | None) -> Path:
-    """The weights file to use: ``weights`` or the packaged default (clear error if missing)."""
+    """Return the weights file to use: ``weights`` or the packaged default (error if missing)."""
     from vl2spike_ros.models import default_vpr_weights
 
     if weights is not None:
@@ -112,7 +114,7 @@ def resolve_weights(weights: Path | None) -> Path:
 
 
 def nordland_dir(data_root: Path | None) -> Path:
-    """``<data root>/nordland`` with both seasons, else FileNotFoundError naming the fix."""
+    """Return ``<data root>/nordland`` with both seasons, else FileNotFoundError naming the fix."""
     from vl2spike_ros.paths import data_root as default_root
 
     root = Path(data_root) if data_root else default_root()
@@ -128,9 +130,7 @@ def nordland_dir(data_root: Path | None) -> Path:
 def load_heldout(nordland: Path, train_frac: float, limit: int | None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(winter grey [N,H,W], summer RGB [N,H,W,3], place index [N]) of the held-out segment."""
-    from vl2spike_ros.data.datasets import list_images, load_images, nordland_split_range
-
-    winter, summer = list_images(nordland / "winter"), list_images(nordland / "summer")
+    winter, summer = nordland_files(nordland, "winter"), nordland_files(nordland, "summer")
     if len(winter) != len(summer):
         raise ValueError(f"Nordland seasons differ in length: {len(winter)} winter vs "
                          f"{len(summer)} summer frames (same number = same place)")
@@ -144,11 +144,13 @@ def load_heldout(nordland: Path, train_frac: float, limit: int | None
 def prepare(cfg: DemoConfig, nordland: Path, weights: Path,
             timings: dict[str, float]) -> dict[str, Any]:
     """Weights, map of winter held-out places and summer held-out bag; returns paths + sizes."""
-    from vl2spike_ros.io.bags import write_image_bag
-    from vl2spike_ros.vpr.pipeline import build_map, load_vpr_model
+    from vl2spike_ros.io.bags import BagWriteOptions, write_image_bag
+    from vl2spike_ros.vpr.pipeline import build_map
+    from vl2spike_ros.vpr.place import load_place_descriptor
 
     with timed(timings, "load_model_s"):
-        model, meta = load_vpr_model(weights)
+        place = load_place_descriptor(weights)
+        meta = place.model_meta()
     say(f"weights: {weights} ({meta['variant']}, sha256 {meta['weights_hash']}), "
         f"{meta['descriptor_dim']}-d descriptors")
     with timed(timings, "load_images_s"):
@@ -156,19 +158,20 @@ def prepare(cfg: DemoConfig, nordland: Path, weights: Path,
     n = len(idx)
     metas = [{"frame": int(i), "source": f"nordland/winter/images-{int(i):05d}.png"} for i in idx]
     with timed(timings, "map_build_s"):
-        map_dir = build_map(model, meta, winter, metas).save(cfg.out_dir / "map_winter_heldout")
+        map_dir = build_map(place, winter, metas).save(cfg.out_dir / "map_winter_heldout")
     say(f"map: {n} winter held-out places (frames {idx[0]}..{idx[-1]}) -> {map_dir}")
     bag = cfg.out_dir / "summer_heldout_bag"
     with timed(timings, "bag_write_s"):
-        write_image_bag(bag, list(summer), topic=IMAGE_TOPIC, storage=cfg.storage,
-                        encoding="rgb8", rate_hz=cfg.rate_hz, overwrite=True)
+        write_image_bag(bag, list(summer), BagWriteOptions(
+            topic=IMAGE_TOPIC, storage=cfg.storage, encoding="rgb8", rate_hz=cfg.rate_hz,
+            overwrite=True))
     say(f"bag: {n} summer held-out frames, rgb8 at {cfg.rate_hz:g} Hz ({cfg.storage}) -> {bag}")
     return {"weights": weights, "map_dir": Path(map_dir), "bag": bag, "n": n,
             "first_frame": int(idx[0]), "model_meta": meta}
 
 
 def _bag_messages(bag: Path) -> tuple[list[Any], np.ndarray]:
-    """The bag's frames as rclpy Image messages, with their bag stamps (ns)."""
+    """Read the bag's frames as rclpy Image messages, with their bag stamps (ns)."""
     from sensor_msgs.msg import Image
 
     from vl2spike_ros.io.bags import read_image_bag
@@ -190,7 +193,7 @@ def _play(rec: Prober, msgs: list[Any],
 
     sent, t0 = [], time.monotonic()
     offsets = (bag_stamps - bag_stamps[0]) / 1e9
-    for msg, off in zip(tqdm(msgs, desc="[demo] replay", unit="frame"), offsets):
+    for msg, off in zip(tqdm(msgs, desc="[demo] replay", unit="frame", disable=None), offsets):
         time.sleep(max(0.0, t0 + off - time.monotonic()))
         sent.append(publish(rec, msg))
     return sent, time.monotonic() - t0
@@ -332,14 +335,15 @@ def offline_agreement(weights: Path, prep: dict[str, Any], res: dict[str, Any],
 
     pipe = VPRPipeline(weights, prep["map_dir"], top_k=top_k, seq_len=seq_len, energy=False)
     frames = [f.image for f in read_image_bag(prep["bag"])]
-    todo = tqdm(res["query_index"], desc="[demo] offline check", unit="frame")
+    todo = tqdm(res["query_index"], desc="[demo] offline check", unit="frame",
+                disable=None)
     offline = np.array([pipe.process(frames[i]).best_id for i in todo])
     return float(100.0 * np.mean(offline == res["top1"]))
 
 
 def build_report(cfg: DemoConfig, prep: dict[str, Any], res: dict[str, Any], agree: float,
                  timings: dict[str, float]) -> dict[str, Any]:
-    """The JSON report (no private curve arrays)."""
+    """Build the JSON report (no private curve arrays)."""
     from vl2spike_ros.vpr.evaluation import strip_curves
 
     m = res["metrics"]
@@ -374,7 +378,7 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
-    """Steps 1-5 of the module docstring; returns the report (also written to ``out_dir``).
+    """Run steps 1-5 of the module docstring; return the report (also written to ``out_dir``).
 
     Torch in this process uses ``cfg.num_threads`` (default 1: the model is tiny, and extra
     threads only help on an idle machine; on a shared one they made map building and the
@@ -399,7 +403,8 @@ def _run_demo(cfg: DemoConfig) -> dict[str, Any]:
         m = res["metrics"]
         plot_pr({"vpr_node (summer query vs winter map)": m["_curve"]},
                 cfg.out_dir / "pr_curve.png",
-                title=f"Nordland held-out: {res['frames_processed']} queries vs {prep['n']} places\n"
+                title=f"Nordland held-out: {res['frames_processed']} queries vs "
+                      f"{prep['n']} places\n"
                       f"R@1 {m['recall']['r1']:.1f}% (tolerance +-{cfg.tolerance} frames, "
                       f"sequence length {cfg.seq_len})")
     timings["total_s"] = round(time.monotonic() - t0, 3)

@@ -2,8 +2,8 @@
 
 * :func:`node_weights`: the packaged default VPR weights when they exist, else a
   ``spikformer_vpr`` student with BatchNorm calibrated on real Nordland frames (so it fires
-  spikes), saved to a folder of the caller's choice.
-* :func:`nordland_frames`: a few real Nordland frames (uint8 ``[N, 32, 64]``).
+  spikes), saved to a folder of the caller's choice (real frames:
+  :func:`vl2spike_ros.data.datasets.load_nordland_frames`).
 * :func:`build_map`: a place map from frames, built with the library (same code as
   ``vl2spike map build``), optionally with synthetic poses along a line.
 * :func:`write_params_file`: a ROS 2 params file for ``vpr_node``.
@@ -21,21 +21,9 @@ from vl2spike_ros.ros.params import NODE_NAME, SPEC_BY_NAME
 log = logging.getLogger(__name__)
 
 
-def nordland_frames(data_root: str | Path, season: str = "summer", start: int = 0,
-                    count: int = 16, step: int = 1) -> np.ndarray:
-    """Real Nordland frames ``images-NNNNN.png`` (grey) as uint8 ``[count, H, W]``."""
-    from vl2spike_ros.data.datasets import list_images, load_images
-
-    files = list_images(Path(data_root) / "nordland" / season)
-    picked = files[start:start + count * step:step]
-    if len(picked) < count:
-        raise ValueError(f"only {len(picked)} Nordland {season} frames from {start} (step {step})")
-    return load_images(picked, grayscale=True)
-
-
 def node_weights(out_dir: str | Path, calib_frames: np.ndarray | None = None,
                  seed: int = 0) -> Path:
-    """Default VPR weights if packaged, else a BN-calibrated random student in ``out_dir``."""
+    """Return the packaged default VPR weights, else a BN-calibrated random student."""
     from vl2spike_ros.models import default_vpr_weights
 
     default = default_vpr_weights()
@@ -49,8 +37,10 @@ def node_weights(out_dir: str | Path, calib_frames: np.ndarray | None = None,
 
 def random_weights(out_dir: str | Path, calib_frames: np.ndarray, seed: int = 0,
                    name: str | None = None) -> Path:
-    """A random ``spikformer_vpr`` student with BatchNorm calibrated on ``calib_frames``
-    (so that it fires spikes), saved as ``out_dir/<name>.safetensors``."""
+    """Save a random ``spikformer_vpr`` student as ``out_dir/<name>.safetensors``.
+
+    Its BatchNorm is calibrated on ``calib_frames`` so that it fires spikes.
+    """
     import torch
 
     from vl2spike_ros.models import calibrate_bn, create_model, save_model
@@ -67,8 +57,10 @@ def random_weights(out_dir: str | Path, calib_frames: np.ndarray, seed: int = 0,
 
 
 def line_poses(n: int, spacing: float = 10.0, frame_id: str = "map") -> list[dict[str, Any]]:
-    """Place metadata with poses along the x axis, in the map format
-    ``{"pose": [x, y, z, qx, qy, qz, qw], "frame_id": ...}``."""
+    """Place metadata with poses along the x axis.
+
+    In the map format ``{"pose": [x, y, z, qx, qy, qz, qw], "frame_id": ...}``.
+    """
     return [{"pose": [i * spacing, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], "frame_id": frame_id}
             for i in range(n)]
 
@@ -76,10 +68,10 @@ def line_poses(n: int, spacing: float = 10.0, frame_id: str = "map") -> list[dic
 def build_map(weights: str | Path, frames: np.ndarray, map_dir: str | Path,
               metas: list[dict] | None = None) -> Path:
     """Place map of ``frames`` (one place each, ids 0..N-1) built for ``weights``."""
-    from vl2spike_ros.vpr.pipeline import build_map as _build, load_vpr_model
+    from vl2spike_ros.vpr.pipeline import build_map as _build
+    from vl2spike_ros.vpr.place import load_place_descriptor
 
-    model, meta = load_vpr_model(weights)
-    return _build(model, meta, frames, metas=metas).save(map_dir)
+    return _build(load_place_descriptor(weights), frames, metas=metas).save(map_dir)
 
 
 def write_params_file(path: str | Path, values: Mapping[str, Any],

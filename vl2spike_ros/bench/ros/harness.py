@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from vl2spike_ros.io.images import stamp_ns
 from vl2spike_ros.ros.messages import unpack_candidates
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -31,8 +32,11 @@ def proc_cpu_s(pid: int) -> float:
 
 
 def proc_mem_mb(pid: int) -> dict[str, float]:
-    """``VmRSS``, ``VmHWM`` (peak RSS) and ``RssAnon`` (private heap, excludes mapped shared
-    libraries such as libtorch) of ``pid`` in MiB from ``/proc/PID/status``."""
+    """Read ``VmRSS``, ``VmHWM`` (peak RSS) and ``RssAnon`` of ``pid`` in MiB.
+
+    From ``/proc/PID/status``; ``RssAnon`` is the private heap (excludes mapped shared libraries
+    such as libtorch).
+    """
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, rest = line.partition(":")
@@ -42,7 +46,7 @@ def proc_mem_mb(pid: int) -> dict[str, float]:
 
 
 def vpr_node_exe() -> str:
-    """The installed ``vpr_node`` console script next to this interpreter (or on PATH)."""
+    """Find the installed ``vpr_node`` console script next to this interpreter (or on PATH)."""
     cand = Path(sys.executable).parent / "vpr_node"
     found = str(cand) if cand.is_file() else shutil.which("vpr_node")
     if not found:
@@ -51,9 +55,12 @@ def vpr_node_exe() -> str:
 
 
 class Prober:
-    """rclpy client of ``vpr_node``: publishes frames on ``bench/image``, receives ``vpr/candidates``
-    (latency per stamp, and the candidates themselves with ``keep_candidates``) and
-    ``/diagnostics``. Spins in a background thread; ``close()`` shuts its context down."""
+    """rclpy client of ``vpr_node``.
+
+    Publishes frames on ``bench/image``, receives ``vpr/candidates`` (latency per stamp, and the
+    candidates themselves with ``keep_candidates``) and ``/diagnostics``. Spins in a background
+    thread; ``close()`` shuts its context down.
+    """
 
     def __init__(self, compressed: bool, keep_candidates: bool = False) -> None:
         import rclpy
@@ -93,7 +100,7 @@ class Prober:
 
     def _on_cands(self, msg: Any) -> None:
         t = time.time_ns()
-        stamp = int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
+        stamp = stamp_ns(msg)
         cands = unpack_candidates(msg).copy() if self.keep_candidates else None
         with self.lock:
             self.latencies.setdefault(stamp, (time.monotonic(), (t - stamp) / 1e6))
@@ -122,9 +129,12 @@ class Prober:
         rclpy.try_shutdown(context=self.ctx)
 
     def drain(self, last_stamp: int, max_s: float = 3.0, quiet_s: float = 0.3) -> None:
-        """Wait (at most ``max_s``) for the answer to ``last_stamp`` (or ``quiet_s`` without
-        answers, when the node dropped it), then for a /diagnostics message after the last
-        answer (the node publishes one every ``diagnostics_period_s`` = 1 s)."""
+        """Wait (at most ``max_s``) for the answer to ``last_stamp``, then for diagnostics.
+
+        Gives up on the answer after ``quiet_s`` without answers (the node dropped it); then
+        waits for a /diagnostics message after the last answer (the node publishes one every
+        ``diagnostics_period_s`` = 1 s).
+        """
         t_end = time.monotonic()
         while time.monotonic() - t_end < max_s:
             time.sleep(0.05)
@@ -138,13 +148,16 @@ class Prober:
 
 def start_node(params_file: Path, log_path: Path,
                env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``vpr_node`` subprocess with ``env`` (default: this process's, which must already hold the
-    loopback ROS env), its ``image`` topic remapped to ``bench/image``, output to ``log_path``."""
+    """Start a ``vpr_node`` subprocess; its ``image`` topic remapped to ``bench/image``.
+
+    ``env`` defaults to this process's, which must already hold the loopback ROS env; output
+    goes to ``log_path``.
+    """
     cmd = [vpr_node_exe(), "--ros-args", "--params-file", str(params_file),
            "-r", "image:=bench/image"]
     with open(log_path, "w") as logf:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(cmd, env=dict(os.environ if env is None else env), stdout=logf, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        return subprocess.Popen(cmd, env=dict(os.environ if env is None else env), stdout=logf,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
 def stop_node(proc: subprocess.Popen, timeout: float = 20.0) -> int:

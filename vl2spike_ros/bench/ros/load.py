@@ -1,6 +1,6 @@
-"""Load benchmark of ``vpr_node``: a camera publisher at a fixed rate against the real node.
+r"""Load benchmark of ``vpr_node``: a camera publisher at a fixed rate against the real node.
 
-    python -m vl2spike_ros.bench.ros.load --duration 60 --rate 30 60 --encoding raw jpeg \\
+    python -m vl2spike_ros.bench.ros.load --duration 60 --rate 30 60 --encoding raw jpeg \
         --json bench/results/node_load.json
 
 For every (rate, encoding) pair a fresh ``vpr_node`` subprocess is started (loopback-only DDS)
@@ -26,15 +26,16 @@ import numpy as np
 from vl2spike_ros.atomic import write_json_atomic
 from vl2spike_ros.ros.env import apply_loopback_env
 from vl2spike_ros.bench.ros.harness import (Prober, proc_cpu_s, proc_mem_mb, publish, start_node,
-                                      stop_node, wait_ready)
+                                            stop_node, wait_ready)
+
 
 def camera_frames(data_root: Path, n: int, width: int, height: int) -> list[np.ndarray]:
     """``n`` Nordland winter frames upscaled to ``height x width`` RGB uint8."""
     import cv2
 
-    from vl2spike_ros.bench.ros.fixtures import nordland_frames
+    from vl2spike_ros.data.datasets import load_nordland_frames
 
-    small = nordland_frames(data_root, "winter", start=300, count=n, step=3)
+    small = load_nordland_frames(data_root / "nordland", "winter", start=300, count=n, step=3)
     return [cv2.cvtColor(cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR),
                          cv2.COLOR_GRAY2RGB) for f in small]
 
@@ -111,7 +112,8 @@ def run_one(rate: float, compressed: bool, duration: float, node_params: dict[st
            "frames_dropped": len(sent) - len(got),
            "processed_fraction": len(got) / max(1, len(sent)), **_percentiles(lat),
            "node_cpu_percent": 100.0 * (cpu1 - cpu0) / wall,
-           "rss_mb_start": mem0["VmRSS"], "rss_mb_end": mem1["VmRSS"], "rss_mb_peak": mem1["VmHWM"],
+           "rss_mb_start": mem0["VmRSS"], "rss_mb_end": mem1["VmRSS"],
+           "rss_mb_peak": mem1["VmHWM"],
            "rss_anon_mb_start": mem0["RssAnon"], "rss_anon_mb_end": mem1["RssAnon"],
            "rss_mb_samples_vmrss_anon": rss, "loadavg_1min_at_start": load0,
            "node_diagnostics": diag, "node_exit_code": rc, "node_log": str(log_path),
@@ -133,7 +135,8 @@ def plot_runs(runs: list[dict[str, Any]], path: Path) -> None:
         tr = np.array(r["latency_trace"]) if r["latency_trace"] else np.zeros((0, 2))
         if len(tr):
             ax.plot(tr[:, 0] - tr[0, 0], tr[:, 1], ".", ms=2,
-                    label=f"{r['rate_hz']:g} Hz {r['encoding']}: p95 {r['latency_ms_p95']:.1f} ms, "
+                    label=f"{r['rate_hz']:g} Hz {r['encoding']}: "
+                          f"p95 {r['latency_ms_p95']:.1f} ms, "
                           f"{100 * r['processed_fraction']:.0f}% processed")
     ax.axhline(50, color="k", lw=0.8, ls="--", label="50 ms target")
     ax.set_xlabel("time since start of run (s)")
@@ -150,8 +153,9 @@ def prepare(workdir: Path, data_root: Path, places: int, weights: str | None,
             map_dir: str | None) -> tuple[Path, Path]:
     """(weights, map folder): given ones, or built from Nordland summer frames."""
     from vl2spike_ros.bench.ros import fixtures
+    from vl2spike_ros.data.datasets import load_nordland_frames
 
-    ref = fixtures.nordland_frames(data_root, "summer", start=300, count=places, step=3)
+    ref = load_nordland_frames(data_root / "nordland", "summer", start=300, count=places, step=3)
     w = Path(weights) if weights else fixtures.node_weights(workdir, calib_frames=ref)
     if map_dir:
         return w, Path(map_dir)
@@ -169,7 +173,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--places", type=int, default=200, help="map size (Nordland summer frames)")
-    ap.add_argument("--weights", help="student weights (default: packaged or BN-calibrated random)")
+    ap.add_argument("--weights",
+                    help="student weights (default: packaged or BN-calibrated random)")
     ap.add_argument("--map", help="prebuilt map folder (default: built from Nordland)")
     ap.add_argument("--num-threads", type=int, default=1, help="node torch threads")
     ap.add_argument("--data-root", help="data root (default: vl2spike_ros.paths.data_root())")
@@ -194,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     for enc in encodings:
         msgs = make_msgs(frames, enc == "jpeg")
         for rate in ns.rate:
-            print(f"[bench_load] {rate:g} Hz {enc} {ns.width}x{ns.height} for {ns.duration:g} s ...",
+            print(f"[bench_load] {rate:g} Hz {enc} {ns.width}x{ns.height} "
+                  f"for {ns.duration:g} s ...",
                   flush=True)
             r = run_one(rate, enc == "jpeg", ns.duration, node_params, msgs, env, workdir)
             print(f"[bench_load]   processed {r['frames_processed']}/{r['frames_sent']} "
