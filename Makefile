@@ -7,7 +7,7 @@ DURATION ?= 60
 RATE ?= 30
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test demo weights bench-speed bench-energy bench-distill bench-vpr bench-vprtempo bench-node bench-map colcon-check clean
+.PHONY: setup test demo weights bench-speed bench-energy bench-distill bench-distill-fair bench-vpr bench-vprtempo bench-node bench-map colcon-check clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,13 @@ bench-energy: setup
 
 bench-distill: setup
 	$(VENV)/bin/vl2spike bench distill --config config/distill/bench_cifar10.yaml --json bench/results/distill_cifar10.json
+
+# Fair, paired benchmark (issue 16; ~2 h on 2 cores; resumable: run it again with the same
+# work dir and it skips finished runs). In the background: nohup make bench-distill-fair > log 2>&1 &
+DISTILL_WORK ?= out/bench_distill_fair
+bench-distill-fair: setup
+	$(VENV)/bin/vl2spike bench distill --config config/distill/bench_cifar10_fair.yaml \
+	  --json bench/results/distill_cifar10.json --work-dir $(DISTILL_WORK)
 
 bench-vpr: setup
 	$(VENV)/bin/vl2spike bench vpr --json bench/results/vpr_nordland.json

@@ -17,6 +17,7 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.*")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
         (f"share/{PACKAGE}/config/distill", glob("config/distill/*.yaml")),
+        (f"share/{PACKAGE}/config/vpr", glob("config/vpr/*.yaml") + glob("config/vpr/*.json")),
         # sh wrappers of the console scripts (which stay in lib/vl2spike_ros for `ros2 run`):
         # a bin/ folder makes colcon's setup.bash put them on PATH
         ("bin", ["bin/vl2spike", "bin/vpr_node"]),

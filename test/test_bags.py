@@ -88,18 +88,23 @@ def test_compressed_roundtrip(tmp_path, storage, fmt, exact):
 
 
 def test_navsatfix_to_local_metres(tmp_path):
-    # 0.001 deg north ~ 111.2 m; 0.001 deg east at 60 deg N ~ 55.6 m
+    # WGS84 at 60 deg N: meridional radius 6 383 453.9 m, prime vertical 6 394 209.2 m, so
+    # 0.001 deg north = 111.412 m and 0.001 deg east at 60.0005 deg = 55.799 m
     fixes = [(60.0, 10.0, 5.0), (60.001, 10.0, 5.0), (60.001, 10.001, 7.0)]
     write_image_bag(tmp_path / "g", _frames(3), BagWriteOptions(
         pose_type="navsatfix", pose_topic="/fix", start_ns=START, storage="sqlite3"), fixes)
     stamps, xyz, quat = read_poses(tmp_path / "g", "/fix")
-    deg = 6_371_000.0 * math.pi / 180 * 0.001
-    np.testing.assert_allclose(xyz, [[0, 0, 0], [0, deg, 0], [deg * 0.5, deg, 2.0]],
+    north = 6_383_453.857 * math.radians(0.001)
+    east = 6_394_209.174 * math.cos(math.radians(60.0005)) * math.radians(0.001)
+    np.testing.assert_allclose(xyz, [[0, 0, 0], [0, north, 0], [east, north, 2.0]],
                                rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(quat, [[0, 0, 0, 1]] * 3)
+    assert bags.read_fix_origin(tmp_path / "g") == (60.0, 10.0, 5.0)
+    _, moved, _ = read_poses(tmp_path / "g", "/fix", origin=(60.001, 10.0, 5.0))
+    np.testing.assert_allclose(moved[:, 1], [-north, 0, 0], atol=1e-3)
     # across the antimeridian: 179.9995 E is 0.001 deg west of 179.9995 W, not 359.999 deg east
     east = latlon_to_local([0.0], [179.9995], [0.0], origin=(0.0, -179.9995, 0.0))[0, 0]
-    assert east == pytest.approx(-6_371_000.0 * math.radians(0.001))
+    assert east == pytest.approx(-6_378_137.0 * math.radians(0.001))
 
 
 def test_refuses_to_overwrite_and_overwrites_when_asked(tmp_path):

@@ -139,7 +139,7 @@ def _raw(**over):
     "over,match",
     [
         ({"encoding": "yuv999"}, "unsupported image encoding"),
-        ({"encoding": "bayer_rggb8"}, "unsupported image encoding"),
+        ({"encoding": "bayer_rggb16"}, "unsupported image encoding"),
         ({"data": bytes(17)}, "truncated"),
         ({"data": bytes(19)}, "more than step\\*height"),
         ({"step": 8, "data": bytes(16)}, "step 8 is smaller"),
@@ -309,3 +309,103 @@ def test_truncated_png_is_an_error():
 def test_compressed_encode_errors(arr, fmt, kw, match):
     with pytest.raises(ValueError, match=match):
         array_to_compressed_msg(arr, fmt, **kw)
+
+
+# --------------------------------------------------------------------------- YUV 4:2:2 and Bayer
+# Colours with R, G and B all different: a swapped channel or pattern changes every one of them.
+COLOURS = np.array([(200, 100, 30), (20, 180, 90), (60, 40, 220), (240, 230, 10)], np.uint8)
+
+
+def _stripes(h=16, w=24) -> np.ndarray:
+    """RGB ``[h, w, 3]``: horizontal stripes of 4 rows, one colour each (flat along a row)."""
+    return np.repeat(COLOURS[np.arange(h) // 4 % len(COLOURS)][:, None], w, axis=1)
+
+
+def _blocks(h=32, w=32) -> np.ndarray:
+    """RGB ``[h, w, 3]``: 16x16 flat blocks of the four colours."""
+    idx = (np.arange(h)[:, None] // 16 * 2 + np.arange(w)[None] // 16) % len(COLOURS)
+    return COLOURS[idx]
+
+
+def _yuv422(rgb: np.ndarray, order: str) -> np.ndarray:
+    """Pack RGB as YUV 4:2:2 (BT.601 video range) by hand: ``[H, 2W]`` bytes in ``order``."""
+    r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    u = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    v = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+    u2, v2 = (c.reshape(c.shape[0], -1, 2).mean(axis=2) for c in (u, v))  # one pair per 2 px
+    planes = {"Y0": y[:, 0::2], "Y1": y[:, 1::2], "U": u2, "V": v2}
+    names = ("U", "Y0", "V", "Y1") if order == "UYVY" else ("Y0", "U", "Y1", "V")
+    packed = np.stack([planes[n] for n in names], axis=2)
+    return np.clip(np.rint(packed), 0, 255).astype(np.uint8).reshape(rgb.shape[0], -1)
+
+
+def _mosaic(rgb: np.ndarray, pattern: str) -> np.ndarray:
+    """Bayer-sample RGB by hand: ``pattern`` (e.g. "rggb") gives the top-left 2x2 cell."""
+    out = np.zeros(rgb.shape[:2], np.uint8)
+    for k, colour in enumerate(pattern):
+        dy, dx = divmod(k, 2)
+        out[dy::2, dx::2] = rgb[dy::2, dx::2, "rgb".index(colour)]
+    return out
+
+
+def _wire(rows: np.ndarray, encoding: str, width: int, pad: int = 0):
+    data = np.zeros((rows.shape[0], rows.shape[1] + pad), np.uint8)
+    data[:, :rows.shape[1]] = rows
+    return SimpleNamespace(height=rows.shape[0], width=width, encoding=encoding, is_bigendian=0,
+                           step=rows.shape[1] + pad, data=data.tobytes())
+
+
+@pytest.mark.parametrize("encoding,order", [("yuv422", "UYVY"), ("uyvy", "UYVY"),
+                                            ("yuv422_yuy2", "YUYV"), ("yuyv", "YUYV")])
+@pytest.mark.parametrize("pad", [0, 6])
+def test_yuv422_round_trip(encoding, order, pad):
+    """ROS yuv422 is UYVY and yuv422_yuy2 is YUYV (image_encodings.hpp): decoded back to RGB."""
+    rgb = _stripes()
+    out = image_msg_to_array(_wire(_yuv422(rgb, order), encoding, rgb.shape[1], pad))
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - rgb).max() <= 3
+    other = "YUYV" if order == "UYVY" else "UYVY"  # the other byte order must not pass
+    wrong = image_msg_to_array(_wire(_yuv422(rgb, other), encoding, rgb.shape[1]))
+    assert np.abs(wrong.astype(int) - rgb).max() > 30
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+def test_bayer_round_trip(pattern):
+    """A flat-colour patch comes back with its colour (OpenCV's Bayer names are one off)."""
+    rgb = _blocks()
+    msg = _rosbags_roundtrip(array_to_image_msg(_mosaic(rgb, pattern), "mono8"))
+    msg.encoding = f"bayer_{pattern}8"
+    out = msg_to_array(msg)
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    for y0 in (0, 16):
+        for x0 in (0, 16):  # inside each block, away from its edges
+            patch = out[y0 + 3:y0 + 13, x0 + 3:x0 + 13].reshape(-1, 3)
+            np.testing.assert_array_equal(patch, np.broadcast_to(rgb[y0, x0], patch.shape))
+    for other in {"rggb", "bggr", "gbrg", "grbg"} - {pattern}:
+        msg.encoding = f"bayer_{other}8"
+        assert not np.array_equal(msg_to_array(msg)[3:13, 3:13], out[3:13, 3:13]), other
+
+
+@pytest.mark.parametrize("over,match", [
+    ({"width": 23}, r"'yuv422' \(YUV 4:2:2 UYVY\) needs an even width"),
+    ({"step": 46}, "step 46 is smaller than width\\*channels\\*bytes = 24\\*2\\*1 = 48"),
+    ({"data": bytes(47)}, "truncated image data"),
+])
+def test_yuv422_size_errors_are_one_line(over, match):
+    base = dict(height=2, width=24, encoding="yuv422", is_bigendian=0, step=48, data=bytes(96))
+    base.update(over)
+    if "width" in over:
+        base.update(step=46, data=bytes(92))
+    with pytest.raises(ImageDecodeError, match=match) as ei:
+        image_msg_to_array(SimpleNamespace(**base))
+    assert "\n" not in str(ei.value)
+
+
+def test_bayer_wrong_step_and_unwritable_encodings():
+    msg = _wire(np.zeros((4, 6), np.uint8), "bayer_grbg8", 6)
+    msg.step = 5
+    with pytest.raises(ImageDecodeError, match="step 5 is smaller"):
+        image_msg_to_array(msg)
+    with pytest.raises(ImageDecodeError, match="can be decoded but not written"):
+        array_to_image_msg(np.zeros((4, 6), np.uint8), "bayer_rggb8")

@@ -25,14 +25,16 @@ from geometry_msgs.msg import PoseWithCovarianceStamped  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
 from rcl_interfaces.msg import Parameter as ParamMsg, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
-from sensor_msgs.msg import CompressedImage, Image, PointCloud2  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image, NavSatFix, PointCloud2  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
 from vl2spike_ros.io.images import (array_to_compressed_msg, array_to_image_msg,  # noqa: E402
                                     compressed_msg_to_array)
 from vl2spike_ros.bench.ros import fixtures  # noqa: E402
 from vl2spike_ros.data.datasets import load_nordland_frames  # noqa: E402
-from vl2spike_ros.ros.messages import FLAG_ACCEPTED, FLAG_BEST, unpack_candidates  # noqa: E402
+from vl2spike_ros.ros.messages import (FLAG_ACCEPTED, FLAG_BEST, covariance_scale,  # noqa: E402
+                                       unpack_candidates)
+from vl2spike_ros.vpr.acceptance import EVIDENCE_LENGTH  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.data, pytest.mark.slow]
 N_PLACES = 12
@@ -77,10 +79,10 @@ def assets(tmp_path_factory, data_root) -> dict[str, Any]:
 class Probe:
     """Test-side rclpy node: publishes frames, collects the node's outputs, calls services."""
 
-    def __init__(self, image_type=Image, node_ns: str = "/vpr_node") -> None:
+    def __init__(self, image_type=Image, node_ns: str = "/vpr_node", namespace: str = "") -> None:
         self.ctx = rclpy.context.Context()
         rclpy.init(context=self.ctx)
-        self.node = rclpy.create_node("vpr_test_probe", context=self.ctx)
+        self.node = rclpy.create_node("vpr_test_probe", context=self.ctx, namespace=namespace)
         self.pub = self.node.create_publisher(image_type, "test/image", 10)
         self.odom_pub = self.node.create_publisher(Odometry, "test/odom", 10)
         self.lock = threading.Lock()
@@ -179,10 +181,11 @@ class Probe:
         return {"level": st.level, "message": st.message, **{kv.key: kv.value for kv in st.values}}
 
 
-def start_node(tmp: Path, ros_env: dict, name: str, **params: Any) -> subprocess.Popen:
+def start_node(tmp: Path, ros_env: dict, name: str, *ros_args: str,
+               **params: Any) -> subprocess.Popen:
     pfile = fixtures.write_params_file(tmp / f"{name}.yaml", params)
     log = open(tmp / f"{name}.log", "w")
-    return subprocess.Popen([node_exe(), "--ros-args", "--params-file", str(pfile)],
+    return subprocess.Popen([node_exe(), "--ros-args", *ros_args, "--params-file", str(pfile)],
                             env={**os.environ, **ros_env}, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -227,8 +230,9 @@ def test_matches_agree_with_offline_pipeline(running):
     pipe = offline(running["weights"], running["map"])
     frames = list(running["ref"]) + list(running["winter"])
     n_accepted = 0
-    for i, frame in enumerate(frames):
-        stamp, msg = probe.query(array_to_image_msg(frame, "mono8", msg_cls=Image), proc)
+    for i, frame in enumerate(frames):  # a resend would double a frame in the node's evidence
+        stamp, msg = probe.query(array_to_image_msg(frame, "mono8", msg_cls=Image), proc,
+                                 resend_s=20.0)
         got = unpack_candidates(msg)
         want = pipe.process(frame)
         assert msg.header.frame_id == "map" and msg.width == TOP_K
@@ -236,19 +240,21 @@ def test_matches_agree_with_offline_pipeline(running):
         np.testing.assert_allclose(got["score"], want.scores, atol=1e-4)
         assert got["flags"][0] & FLAG_BEST
         assert bool(got["flags"][0] & FLAG_ACCEPTED) == want.accepted
-        if i < N_PLACES:  # a map frame itself: its own place, accepted
-            assert got["id"][0] == i and want.accepted
+        if i < N_PLACES:  # a map frame itself: its own place, accepted once the
+            assert got["id"][0] == i  # acceptance evidence has seen EVIDENCE_LENGTH frames
+            assert want.accepted == (i >= EVIDENCE_LENGTH - 1)
         np.testing.assert_allclose(got["x"], 10.0 * got["id"])  # line_poses: x = 10 m * id
         if want.accepted:
             n_accepted += 1
             pose = wait_for(lambda: probe.poses.get(stamp), 10, "match pose", proc)
             assert pose.pose.pose.position.x == pytest.approx(10.0 * want.best_id)
-            conf = min(1.0, max(1e-3, want.best_score))
-            assert pose.pose.covariance[0] == pytest.approx(1.0 / conf**2, rel=1e-3)
+            # covariance from the calibrated confidence (validation precision at the margin)
+            scale = covariance_scale(want.confidence)
+            assert pose.pose.covariance[0] == pytest.approx(scale, rel=1e-3)
         else:  # the pose is published before the candidates: none may come for a rejection
             time.sleep(0.2)
             assert stamp not in probe.poses
-    assert n_accepted >= N_PLACES
+    assert n_accepted >= N_PLACES - EVIDENCE_LENGTH + 1
 
 
 def bad_images() -> list[tuple[str, Image]]:
@@ -260,8 +266,11 @@ def bad_images() -> list[tuple[str, Image]]:
     zero = Image(height=0, width=0, encoding="rgb8", step=0)
     step = array_to_image_msg(np.zeros((32, 64, 3), np.uint8), "rgb8", msg_cls=Image)
     step.step = 10
+    odd_yuv = Image(height=2, width=33, encoding="yuv422", step=66, data=bytes(132))
+    bayer_step = Image(height=4, width=8, encoding="bayer_rggb8", step=7, data=bytes(28))
     return [("unknown encoding", unknown), ("truncated", trunc), ("zero size", zero),
-            ("step too small", step), ("control", good)]
+            ("step too small", step), ("odd yuv422 width", odd_yuv),
+            ("bayer step too small", bayer_step), ("control", good)]
 
 
 def test_bad_frames_are_skipped_and_counted(running):
@@ -277,7 +286,8 @@ def test_bad_frames_are_skipped_and_counted(running):
         probe.latest_diag()), 30, "bad frames in diagnostics", proc)
     assert d["level"] == b"\x01"  # WARN
     for key in ("processing_rate_hz", "latency_ms_p50", "latency_ms_p95", "frames_dropped",
-                "mean_firing_rate", "energy_mj_per_frame", "map_size"):
+                "mean_firing_rate", "energy_mj_per_frame", "map_size", "match_margin",
+                "accepted_precision_validation"):
         assert key in d, key
     assert int(d["map_size"]) == N_PLACES and d["state"] == "active"
     assert float(d["latency_ms_p95"]) > 0 and float(d["mean_firing_rate"]) > 0
@@ -301,6 +311,8 @@ def test_frames_above_max_image_pixels_are_bad_frames(running):
 
 
 @pytest.mark.parametrize("name,value", [("top_k", 0), ("top_k", 101), ("match_threshold", 1.5),
+                                        ("match_margin", -0.1), ("sequence_velocities", "0"),
+                                        ("sequence_velocities", 0.5),
                                         ("max_rate_hz", -1.0), ("device", "gpu"),
                                         ("pose_type", "twist"), ("autostart", False),
                                         ("top_k", 2.5)])
@@ -510,6 +522,68 @@ def test_lifecycle_managed_node_with_jpeg_input_and_sequences(assets, ros_env):
         probe.close()
         rc = stop_node(proc, signal.SIGINT)
     assert rc == 0, (tmp / "managed.log").read_text()
+
+
+# --------------------------------------------------------------------------- GNSS
+def test_navsatfix_mapping_and_match_fix(assets, ros_env):
+    """pose_type navsatfix: the first mapped fix becomes the map's origin, later fixes map metres.
+
+    Then every accepted match is also published on vpr/match_fix as the place's lat/lon (the
+    inverse conversion), with the covariance of vpr/match_pose; the saved map keeps the origin.
+    """
+    from vl2spike_ros.io.poses import latlon_to_local, local_to_latlon
+    from vl2spike_ros.vpr.placemap import PlaceMap
+
+    tmp = assets["tmp"]
+    # in its own namespace: the module's other node may still be running (test selection)
+    proc = start_node(tmp, ros_env, "gnss", "-r", "__ns:=/gnss", weights=str(assets["weights"]),
+                      map_dir=str(assets["map"]), image_topic="test/image", top_k=TOP_K,
+                      match_threshold=THRESHOLD, pose_topic="test/fix", pose_type="navsatfix",
+                      save_map_dir=str(tmp / "gnss_map"))
+    probe = Probe(node_ns="/gnss/vpr_node", namespace="/gnss")
+    fix_pub = probe.node.create_publisher(NavSatFix, "test/fix", 10)
+    fixes: dict[int, Any] = {}
+    probe.node.create_subscription(NavSatFix, "vpr/match_fix", probe._store(fixes), 50)
+    origin, later = (59.9139, 10.7522, 23.0), (59.9143, 10.7530, 25.5)
+    try:
+        wait_for(lambda: probe.pub.get_subscription_count() > 0, 90, "node subscription", proc)
+        wait_for(lambda: fix_pub.get_subscription_count() > 0, 30, "fix subscription", proc)
+        for i, (lat, lon, alt) in enumerate((origin, later)):
+            gnss = NavSatFix(latitude=lat, longitude=lon, altitude=alt)
+            gnss.status.status = gnss.status.STATUS_FIX  # Kilted's default is STATUS_UNKNOWN
+            fix_pub.publish(gnss)
+            time.sleep(0.5)
+            assert probe.call("mapping", SetBool.Request(data=True)).success
+            frame = array_to_image_msg(assets["winter"][7 + i], "mono8", msg_cls=Image)
+            probe.query(frame, proc, resend_s=20.0)  # a resend would map the frame twice
+            assert probe.call("mapping", SetBool.Request(data=False)).success
+        assert probe.call("save", Trigger.Request()).success
+        saved = PlaceMap.load(tmp / "gnss_map")
+        assert saved.geo_origin == origin and len(saved) == N_PLACES + 2
+        assert saved.place(N_PLACES)["pose"] == [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+        want = latlon_to_local([later[0]], [later[1]], [later[2]], origin)[0]
+        np.testing.assert_allclose(saved.place(N_PLACES + 1)["pose"][:3], want, atol=1e-6)
+        assert saved.place(N_PLACES + 1)["frame_id"] == "map"
+        n_accepted = 0
+        for frame in assets["ref"]:
+            query = array_to_image_msg(frame, "mono8", msg_cls=Image, frame_id="camera")
+            stamp, msg = probe.query(query, proc)
+            best = unpack_candidates(msg)[0]
+            if not best["flags"] & FLAG_ACCEPTED:
+                time.sleep(0.2)  # the fix is published before the candidates: none may come
+                assert stamp not in fixes
+                continue
+            n_accepted += 1
+            got = wait_for(lambda: fixes.get(stamp), 10, "match fix", proc)
+            pose = wait_for(lambda: probe.poses.get(stamp), 10, "match pose", proc)
+            want = local_to_latlon([10.0 * best["id"]], [0.0], [0.0], origin)[0]  # line_poses
+            assert (got.latitude, got.longitude, got.altitude) == pytest.approx(want, abs=1e-9)
+            assert got.position_covariance[0] == pytest.approx(pose.pose.covariance[0])
+            assert got.header.frame_id == "camera"  # the query image's: where it was seen from
+        assert n_accepted > 0
+    finally:
+        probe.close()
+        assert stop_node(proc) == 0
 
 
 def test_load_benchmark_smoke(tmp_path, data_root, ros_env):

@@ -84,3 +84,19 @@ def test_sequence_matching_recovers_aliased_frame_and_streaming_agrees():
     assert res["tol0"]["recall"]["r1"] == 100.0
     with pytest.raises(ValueError):
         SequenceMatcher(0)
+
+
+def test_acceptance_metrics_precision_and_recall():
+    from vl2spike_ros.vpr.evaluation import acceptance_metrics
+
+    acc = np.array([True, True, True, False, False])
+    ok = np.array([True, False, True, True, False])
+    m = acceptance_metrics(acc, ok)
+    assert (m["accepted"], m["correct_accepted"]) == (3, 2)
+    assert m["precision"] == pytest.approx(200 / 3) and m["recall"] == pytest.approx(40.0)
+    hp = np.array([True, True, True, False, False])  # recall over queries with a true match
+    assert acceptance_metrics(acc, ok, hp)["recall"] == pytest.approx(200 / 3)
+    none = acceptance_metrics(np.zeros(5, bool), ok)
+    assert none["precision"] is None and none["recall"] == 0.0
+    with pytest.raises(ValueError):
+        acceptance_metrics(acc[:2], ok)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from vl2spike_ros.models import calibrate_bn, create_model, save_model
+from vl2spike_ros.vpr.acceptance import DEFAULT_MATCH_MARGIN
 from vl2spike_ros.vpr.descriptors import preprocess
 from vl2spike_ros.vpr.placemap import MapMismatchError, index_path
 
@@ -70,6 +71,11 @@ def test_replay_matches_eval(setup):
     assert res["recall"]["r1"] == pytest.approx(expect)
     assert all(r["latency_ms"] > 0 and r["energy_mj"] > 0 for r in rows)
     assert all(0.0 <= r["firing_rate"] <= 1.0 for r in rows)
+    # acceptance: replay (the node's pipeline, streaming) and eval (batch) decide alike
+    acc = out["metrics"]["acceptance"]
+    assert acc["accepted"] == res["acceptance"]["accepted"] == sum(r["accepted"] for r in rows)
+    assert acc["correct_accepted"] == res["acceptance"]["correct_accepted"]
+    assert "margin" in res["acceptance"]["rule"] and out["margin"] == DEFAULT_MATCH_MARGIN
 
 
 def test_pipeline_sequence_mode_equals_batch(setup):
@@ -87,6 +93,39 @@ def test_pipeline_sequence_mode_equals_batch(setup):
     d_q = np.concatenate([pipe.describe(im) for im in qi])
     want = np.argsort(-sequence_scores(d_q @ d_db.T, 3), axis=1, kind="stable")[:, 0]
     assert got == want.tolist()
+
+
+@pytest.mark.parametrize("seq_len", [1, 3, 5])
+def test_pipeline_acceptance_equals_batch_and_survives_map_growth(setup, seq_len):
+    """Acceptance is decided in the pipeline, frame by frame, exactly as accept_batch decides.
+
+    A place added mid-run (mapping mode) is scored for the recent frames too: from then on the
+    decisions equal those of a pipeline that had the full map from the start.
+    """
+    from vl2spike_ros.data.sources import load_source
+    from vl2spike_ros.vpr.acceptance import accept_batch
+    from vl2spike_ros.vpr.pipeline import MatchOptions, VPRPipeline, build_map
+
+    tmp, w, db, q = setup
+    opts = MatchOptions(margin=0.0, velocities=(0.5, 1.0, 2.0))
+    full = VPRPipeline(w, None, top_k=2, seq_len=seq_len, energy=False, options=opts)
+    db_imgs, qi = load_source(db).images, load_source(q).images
+    full.set_map(build_map(full.place, db_imgs))
+    res = [full.process(im) for im in qi]
+    rows = np.concatenate([full.map.similarity(r.descriptor) for r in res])
+    want, margin = accept_batch(rows, [r.best_id for r in res], [r.best_score for r in res],
+                                full.rule, opts.velocities)
+    assert [r.accepted for r in res] == want.tolist() and any(want)
+    np.testing.assert_allclose([r.margin for r in res], margin, atol=1e-6)
+    assert all(r.confidence is None for r in res)  # tiny weights: no calibration table
+    grow = VPRPipeline(w, None, top_k=2, seq_len=seq_len, energy=False, options=opts)
+    grow.set_map(build_map(grow.place, db_imgs[:-1]))
+    first = [grow.process(im) for im in qi[:6]]
+    grow.map.add(full.map.index.reconstruct_n(N - 1, 1))  # the missing place, as mapped
+    later = [grow.process(im) for im in qi[6:]]
+    assert len(first) == 6 and len(grow.map) == N
+    assert [r.accepted for r in later] == want[6:].tolist()
+    assert [r.best_id for r in later] == [r.best_id for r in res[6:]]
 
 
 def test_pipeline_refuses_map_of_other_model(setup):
@@ -148,6 +187,8 @@ def test_cli_eval_map_replay_json(setup, tmp_path, capsys):
     assert {"r1", "r5", "r10"} <= set(res["recall"])
     assert 0.0 <= res["recall"]["r1"] <= res["recall"]["r5"] <= res["recall"]["r10"] <= 100.0
     assert 0.0 <= res["pr_auc"] <= 1.0 and res["queries_per_s"] > 0
+    assert {"accepted", "precision", "recall", "rule"} <= set(res["acceptance"])
+    assert "accepted, precision" in capsys.readouterr().out
     assert main(["map", "build", str(db), "--out", str(tmp_path / "m"), "--weights", str(w)]) == 0
     index_path(tmp_path / "m").write_bytes(b"\x00" * 10)
     rc = main(["replay", str(tmp / "qbag"), "--map", str(tmp_path / "m"), "--weights", str(w),

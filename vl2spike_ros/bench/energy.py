@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from vl2spike_ros.energy import student_energy, teacher_energy
-from vl2spike_ros.vpr.descriptors import IMAGE_NORM
-from vl2spike_ros.vpr.place import load_place_descriptor
+from vl2spike_ros.energy import rate_projection_count, student_energy, teacher_energy
+from vl2spike_ros.vpr.descriptors import IMAGE_NORM, stem_stages
+from vl2spike_ros.vpr.place import PlaceDescriptor, load_place_descriptor
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,34 @@ METHOD = ("Spikformer method at 45 nm: E = E_MAC*MACs(first real-valued layer + 
           "residual sums weighted by count); BN folded; counted with spikingjelly op_counter "
           "(SynOpCounter, MACCounter) on real images. Teacher: dense MACs (MACCounter) x E_MAC.")
 TARGET_RATIO = 0.10
+PLACE_TEACHER = Path("bench/weights/vpr_teacher_cnn.safetensors")  # the students' VPR teacher
+SPIKING_HW = ("spiking-hardware count: the whitening reads spike rates, W . mean_t(s_t) = "
+              "mean_t(W . s_t), so it costs out_dim ACs per input spike (plus out_dim-sized "
+              "scale/normalisation MACs) instead of in_dim x out_dim MACs")
+
+
+# ----------------------------------------------------------------------------- rate projection
+def place_projection_count(place: PlaceDescriptor, x: torch.Tensor) -> dict | None:
+    """Count ``place``'s whitening both ways when it reads spike rates, else None.
+
+    Only a Spikformer ``stem<n>`` descriptor feeds its whitening with plain spike rates (the
+    other modes put a real-valued head in between). ``x``: preprocessed images ``[B, C, H, W]``.
+    See :func:`~vl2spike_ros.energy.counting.rate_projection_count`.
+    """
+    n = stem_stages(place.settings.mode)
+    if not (place.is_spiking and place.whitening is not None and n):
+        return None
+    place.eval()
+    with torch.no_grad():
+        spikes = place.backbone.forward_stem(x, n)
+    return rate_projection_count(spikes, place.whitening.out_dim)
+
+
+def spiking_hw_energy(dense_mj: float, proj: dict | None) -> float:
+    """Return ``dense_mj`` with the rate projection re-counted as on spiking hardware."""
+    if proj is None:
+        return dense_mj
+    return dense_mj - proj["energy_mj_dense"] + proj["energy_mj_spiking"]
 
 
 def resolve_student(variant: str | None, weights: str | None, calib: torch.Tensor | None
@@ -107,22 +135,22 @@ def resolve_student(variant: str | None, weights: str | None, calib: torch.Tenso
 
 
 def _vpr_output(model: nn.Module, weights: str | None
-                ) -> tuple[nn.Module, str, str | Callable]:
-    """Return (model to measure, input normalisation, ``output`` for ``student_energy``).
+                ) -> tuple[nn.Module, str, str | Callable, PlaceDescriptor | None]:
+    """Return (model to measure, input normalisation, ``output`` for ``student_energy``, place).
 
     VPR weights (``metadata.vpr`` present): their place descriptor as used for matching
     (descriptor mode, whitening counted as MACs) on its own backbone; otherwise
-    ``model.descriptor``.
+    ``model.descriptor`` (and no place descriptor).
     """
     from vl2spike_ros import models
 
     if weights is None or "vpr" not in models.read_model_meta(weights)["metadata"]:
-        return model, IMAGE_NORM, "descriptor"
+        return model, IMAGE_NORM, "descriptor", None
     place = load_place_descriptor(weights)
 
     def place_descriptor(x: torch.Tensor) -> torch.Tensor:
         return place(x)
-    return place.backbone, place.settings.input_norm, place_descriptor
+    return place.backbone, place.settings.input_norm, place_descriptor, place
 
 
 def load_real_images(in_chans: int, data_root: str | None, n: int) -> tuple[np.ndarray, str]:
@@ -154,10 +182,41 @@ def _proxy_teacher_energy(images: torch.Tensor) -> dict:
     return out
 
 
+def _place_teacher_energy(images: np.ndarray, path: Path | None) -> dict:
+    """Dense energy of the place-CNN teacher's descriptor (conv map + its whitening)."""
+    if path is None:
+        return {"skipped": "not requested"}
+    if not Path(path).is_file():
+        return {"skipped": f"weights {path} not found (`vl2spike vpr train all` makes them)"}
+    place = load_place_descriptor(path)
+    out = teacher_energy(place, place.preprocess(images))
+    out.update(name=f"place CNN teacher ({Path(path).name}, {place.settings.mode} + whitening)",
+               weights=str(path))
+    return out
+
+
+def _add_place_teacher(report: dict, images: np.ndarray, path: Path | None) -> None:
+    """Add the place-CNN teacher and the student's ratios to it, counted both ways."""
+    pt = report["place_teacher"] = _place_teacher_energy(images, path)
+    if "energy_mj" not in pt:
+        return
+    s = report["student"]
+    report["ratio_vs_place_teacher"] = {"dense": s["energy_mj"] / pt["energy_mj"],
+                                        "spiking_hw": s["energy_mj_spiking_hw"] / pt["energy_mj"]}
+    report["meets_target_place_teacher_spiking_hw"] = (
+        report["ratio_vs_place_teacher"]["spiking_hw"] <= TARGET_RATIO)
+
+
 def energy_report(variant: str | None = None, weights: str | None = None,
                   data_root: str | None = None, num_images: int = 32,
-                  clip_arch: str = "ViT-B-32", proxy: bool = True) -> dict:
-    """Student vs teacher energy per image on real images (see module docstring)."""
+                  clip_arch: str = "ViT-B-32", proxy: bool = True,
+                  place_teacher: Path | None = PLACE_TEACHER) -> dict:
+    """Student vs teacher energy per image on real images (see module docstring).
+
+    The student is counted densely (``energy_mj``) and, for a place descriptor whose whitening
+    reads spike rates, as on spiking hardware (``energy_mj_spiking_hw``); it is compared with
+    CLIP, the proxy teacher and the place-CNN teacher it was distilled from (``place_teacher``).
+    """
     from vl2spike_ros import models
 
     if num_images < 1:
@@ -171,9 +230,13 @@ def energy_report(variant: str | None = None, weights: str | None = None,
     model, winfo = resolve_student(variant, weights, None if weights else
                                    student_input(calib_raw, models.get_config(
                                        variant or "spikformer_vpr")))
-    model, norm, output = _vpr_output(model, winfo["weights"] if winfo["trained"] else None)
+    model, norm, output, place = _vpr_output(model, winfo["weights"] if winfo["trained"]
+                                             else None)
     x = student_input(meas_raw, model.config, norm)
     student = student_energy(model, x, output)
+    student["rate_projection"] = place_projection_count(place, x) if place is not None else None
+    student["energy_mj_spiking_hw"] = spiking_hw_energy(student["energy_mj"],
+                                                        student["rate_projection"])
     timgs = teacher_input(meas_raw)
     clip = ClipImageTower(clip_arch)
     teacher = teacher_energy(clip, timgs)
@@ -185,8 +248,10 @@ def energy_report(variant: str | None = None, weights: str | None = None,
               "data": {"source": source, "num_images": int(len(meas_raw))},
               "student": student, "teacher": teacher,
               "ratio": student["energy_mj"] / teacher["energy_mj"],
-              "target_ratio": TARGET_RATIO, "method": METHOD}
+              "ratio_spiking_hw": student["energy_mj_spiking_hw"] / teacher["energy_mj"],
+              "target_ratio": TARGET_RATIO, "method": METHOD, "spiking_hw_method": SPIKING_HW}
     report["meets_target"] = report["ratio"] <= TARGET_RATIO
+    _add_place_teacher(report, meas_raw, place_teacher)
     if proxy:
         report["proxy_teacher"] = _proxy_teacher_energy(timgs)
         if "energy_mj" in report["proxy_teacher"]:
@@ -199,16 +264,29 @@ def format_table(report: dict) -> str:
     s, t = report["student"], report["teacher"]
     rows = [("model", "energy/img [mJ]", "MACs/img", "SOPs/img", "firing rate"),
             (f"{report['variant']} (T={s['T']})", f"{s['energy_mj']:.5f}",
-             f"{s['macs']:.3e}", f"{s['sops']:.3e}", f"{s['firing_rate']:.4f}"),
-            (t["name"], f"{t['energy_mj']:.4f}", f"{t['macs']:.3e}", "-", "-")]
+             f"{s['macs']:.3e}", f"{s['sops']:.3e}", f"{s['firing_rate']:.4f}")]
+    proj = s.get("rate_projection")
+    if proj:
+        rows.append(("  same, spiking-hardware count of the whitening",
+                     f"{s['energy_mj_spiking_hw']:.5f}",
+                     f"{s['macs'] - proj['dense_macs'] + proj['macs']:.3e}",
+                     f"{s['sops'] + proj['acs']:.3e}", "-"))
+    rows.append((t["name"], f"{t['energy_mj']:.4f}", f"{t['macs']:.3e}", "-", "-"))
+    for other in (report.get("proxy_teacher", {}), report.get("place_teacher", {})):
+        if "energy_mj" in other:
+            rows.append((other["name"], f"{other['energy_mj']:.4f}", f"{other['macs']:.3e}",
+                         "-", "-"))
     p = report.get("proxy_teacher", {})
-    if "energy_mj" in p:
-        rows.append((p["name"], f"{p['energy_mj']:.4f}", f"{p['macs']:.3e}", "-", "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append(f"student/teacher energy ratio: {report['ratio']:.5f} "
                  f"({100 * report['ratio']:.3f} %; target <= {100 * TARGET_RATIO:.0f} %)")
+    if "ratio_vs_place_teacher" in report:
+        r = report["ratio_vs_place_teacher"]
+        lines.append(f"student/place-CNN-teacher energy ratio: dense {100 * r['dense']:.2f} %, "
+                     f"spiking-hardware count {100 * r['spiking_hw']:.2f} % "
+                     f"(target <= {100 * TARGET_RATIO:.0f} %)")
     if "ratio_vs_proxy" in report:
         lines.append(f"student/proxy-teacher energy ratio: {report['ratio_vs_proxy']:.5f}")
     elif p:

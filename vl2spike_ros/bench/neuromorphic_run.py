@@ -12,7 +12,7 @@ snntorch on the Nordland held-out frames (both seasons), then compares with spik
 * the hardware report (neurons, synapses, int8 memory, Speck / Xylo fit).
 
 The command (:mod:`vl2spike_ros.bench.neuromorphic`) writes the JSON and markdown; about
-2.5 minutes on one thread for all 2 x 1,430 frames.
+1.5-2.5 minutes on one thread for all 2 x 1,430 frames.
 """
 from __future__ import annotations
 

@@ -24,7 +24,8 @@ NS = (1, 5, 10, 20)
 
 def _metrics(scores, ids, tol) -> dict:
     r = evaluate_ranked(scores, correct_by_frames(ids, np.arange(len(ids)), tol), NS)
-    return {**r["recall"], "pr_auc": r["pr_auc"], "recall_at_100p": r["recall_at_100p"]}
+    return {**r["recall"], "pr_auc": r["pr_auc"], "recall_at_95p": r["recall_at_95p"],
+            "recall_at_100p": r["recall_at_100p"]}
 
 
 def _direction(scores: np.ndarray, ids: np.ndarray, sim: np.ndarray, tolerances,
@@ -97,17 +98,24 @@ def model_energy(place, images: np.ndarray, n: int = 32) -> dict:
     """Measure energy per query (mJ) and firing rate of a place descriptor.
 
     ``place`` is a :class:`~vl2spike_ros.vpr.place.PlaceDescriptor` (Spikformer or CNN
-    backbone), measured on ``n`` held-out images.
+    backbone), measured on ``n`` held-out images; counted densely (``energy_mj_per_query``)
+    and with a whitening on spike rates counted as on spiking hardware
+    (``..._spiking_hw``, see :func:`~vl2spike_ros.energy.counting.rate_projection_count`).
     """
     from vl2spike_ros import energy as en
+    from vl2spike_ros.bench.energy import place_projection_count, spiking_hw_energy
 
     x = place.preprocess(images[:n])
     if place.is_spiking:   # counted through what matching uses: head + whitening
         r = en.student_energy(place.backbone, x, output=place)
-        return {"energy_mj_per_query": r["energy_mj"], "firing_rate": r["firing_rate"],
+        proj = place_projection_count(place, x)
+        return {"energy_mj_per_query": r["energy_mj"],
+                "energy_mj_per_query_spiking_hw": spiking_hw_energy(r["energy_mj"], proj),
+                "rate_projection": proj, "firing_rate": r["firing_rate"],
                 "sops": r["sops"], "macs": r["macs"]}
-    r = en.teacher_energy(place, x)
-    return {"energy_mj_per_query": r["energy_mj"], "macs": r["macs"]}
+    r = en.teacher_energy(place, x)   # an ANN: dense either way
+    return {"energy_mj_per_query": r["energy_mj"],
+            "energy_mj_per_query_spiking_hw": r["energy_mj"], "macs": r["macs"]}
 
 
 def markdown_table(res: dict) -> str:

@@ -1,8 +1,10 @@
-"""``vl2spike bench vpr``: Nordland held-out comparison.
+"""``vl2spike bench vpr``: Nordland held-out comparison and generalisation.
 
 SAD, HOG, HOG + learned whitening, VPRTempo, ANN teacher, Spikformer direct, equal-budget
 control, Spikformer distilled (= vl2spike). Uses trained weights; ``--train`` retrains. The
-targets compare vl2spike with the issue's baselines (SAD, HOG, VPRTempo).
+targets compare vl2spike with the issue's baselines (SAD, HOG, VPRTempo). Every method is also
+run on the crossdomain sets (places never seen; :mod:`vl2spike_ros.bench.generalisation`), and
+extra training seeds of the student arms (``<stem>_seed<k>.safetensors``) are evaluated too.
 """
 from __future__ import annotations
 
@@ -43,6 +45,10 @@ def register(subparsers) -> None:
                    help="evaluate the learned models without their fitted whitening (ablation)")
     p.add_argument("--model-card", default=None, metavar="MD",
                    help="also write a model card for the vl2spike weights here")
+    p.add_argument("--crossdomain-root", default=None, metavar="DIR",
+                   help="folder with the crossdomain sets (default: <data root>/vpr_crossdomain)")
+    p.add_argument("--no-crossdomain", action="store_true",
+                   help="Nordland only (no crossdomain sets, no generalisation summary)")
     p.set_defaults(func=_handler)
 
 
@@ -134,6 +140,9 @@ def _methods(ns, wdir: Path, root: Path):
             not p.is_file() or p.read_bytes() != default_vpr_weights().read_bytes()
             for p in paths.values()):
         paths["default"] = default_vpr_weights()   # packaged weights not among the rows above
+    for name in ("spikformer_continued", "vl2spike"):   # extra training seeds of the arms
+        for p in sorted(paths[name].parent.glob(paths[name].stem + "_seed*.safetensors")):
+            paths[name + p.stem[len(paths[name].stem):]] = p
     for name, p in paths.items():
         if name == "spikformer_continued" and not p.is_file():
             continue
@@ -161,17 +170,25 @@ def _protocol(ns, root: Path) -> dict:
             "torch_threads": ns.threads}
 
 
-def _evaluate_all(ns, wdir: Path, root: Path, seasons: dict) -> tuple[dict, dict]:
-    """Evaluate every method on the held-out ``seasons``; return (results, PR curves)."""
+def _evaluate_all(ns, wdir: Path, root: Path, seasons: dict,
+                  cross: dict | None) -> tuple[dict, dict, dict]:
+    """Evaluate every method on the held-out ``seasons`` and the crossdomain sets.
+
+    Returns (results, PR curves, method -> weights path or None).
+    """
+    from vl2spike_ros.bench.generalisation import evaluate_crossdomain
     from vl2spike_ros.bench.nordland import evaluate_method, model_energy
 
-    results, curves = {}, {}
+    results, curves, weights = {}, {}, {}
     for name, method, skipped, model_info in _methods(ns, wdir, root):
         if method is None:
             results[name] = {"skipped": skipped}
             continue
         log.info("evaluating %s", name)
         r, c = evaluate_method(method, seasons, seq_len=ns.seq_len)
+        if cross:
+            r["crossdomain"] = evaluate_crossdomain(method, cross)
+        weights[name] = None if model_info is None else model_info[2]
         if model_info is not None:
             model, meta, p = model_info
             r.update(model_energy(model, seasons["summer"]))
@@ -181,7 +198,7 @@ def _evaluate_all(ns, wdir: Path, root: Path, seasons: dict) -> tuple[dict, dict
         curves[name] = c
         print(f"{name}: R@1 tol1 S->W {r['summer_to_winter']['tol1']['r1']:.1f}% "
               f"W->S {r['winter_to_summer']['tol1']['r1']:.1f}%, {r['queries_per_s']:.0f} q/s")
-    return results, curves
+    return results, curves, weights
 
 
 def _write_results(ns, res: dict, curves: dict) -> str:
@@ -194,6 +211,12 @@ def _write_results(ns, res: dict, curves: dict) -> str:
     out = Path(ns.json)
     write_json_atomic(out, res)
     md = markdown_table(res)
+    if "generalisation" in res:
+        from vl2spike_ros.bench.generalisation import markdown
+        gen = res["generalisation"]
+        md += ("\n## Generalisation: R@1 % on places never seen (single frame)\n\n"
+               + markdown(gen, res["methods"]) + "\n```json\n"
+               + json.dumps(gen["targets"], indent=2) + "\n```\n")
     text = ("# Nordland VPR benchmark (held-out 40 %)\n\nRecall in percent.\n\n" + md
             + "\n```json\n" + json.dumps(res["targets"], indent=2) + "\n```\n")
     write_bytes_atomic(Path(ns.md) if ns.md else out.with_suffix(".md"), text.encode())
@@ -203,6 +226,16 @@ def _write_results(ns, res: dict, curves: dict) -> str:
         from vl2spike_ros.models import default_vpr_weights
         write_model_card(ns.model_card, res, default_vpr_weights())
     return md
+
+
+def _crossdomain(ns) -> dict:
+    """Load the crossdomain sets (``--crossdomain-root`` or the data root's)."""
+    from vl2spike_ros.bench.generalisation import CROSSDOMAIN_DIR, load_crossdomain
+    from vl2spike_ros.paths import resolve_data_path
+
+    root = ns.crossdomain_root or (Path(ns.data_root) / CROSSDOMAIN_DIR if ns.data_root
+                                   else None)
+    return load_crossdomain(resolve_data_path(root, CROSSDOMAIN_DIR))
 
 
 def _handler(ns) -> int:
@@ -223,10 +256,15 @@ def _handler(ns) -> int:
     seasons = {s: load_nordland(root, s, "test")[0] for s in ("summer", "winter")}
     res["protocol"]["n_places"] = int(len(seasons["summer"]))
     vt = load_vprtempo(ns.vprtempo_json, ns.seq_len, len(seasons["summer"]))  # fail before work
-    res["methods"], curves = _evaluate_all(ns, wdir, root, seasons)
+    cross = None if ns.no_crossdomain else _crossdomain(ns)
+    res["methods"], curves, weights = _evaluate_all(ns, wdir, root, seasons, cross)
     res["methods"]["vprtempo"], c = vt
     if c is not None:
         curves["vprtempo"] = c
     res["targets"] = _targets(res["methods"])
+    if cross:
+        from vl2spike_ros.bench.generalisation import report
+        packaged = "default" if "default" in res["methods"] else "vl2spike"
+        res["generalisation"] = report(res["methods"], packaged, weights)
     print(_write_results(ns, res, curves))
     return 0

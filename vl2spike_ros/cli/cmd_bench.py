@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-BENCHES = ("distill", "energy", "map", "neuromorphic", "speed", "vpr")
+BENCHES = ("accept", "distill", "energy", "map", "neuromorphic", "own_route", "speed", "vpr")
 
 
 def register(subparsers) -> None:

@@ -8,6 +8,7 @@ log = logging.getLogger(__name__)
 
 def register(subparsers) -> None:
     from vl2spike_ros.cli.cmd_replay import add_max_pixels_option
+    from vl2spike_ros.cli.common import add_matching_options
 
     p = subparsers.add_parser(
         "eval", help="evaluate place recognition: database vs query images",
@@ -22,6 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--tolerance", type=int, default=1, help="frame tolerance (default 1)")
     p.add_argument("--radius", type=float, default=None, help="metric radius (m) if positions")
     p.add_argument("--seq-len", type=int, default=1, help="sequence matching length (1 = off)")
+    add_matching_options(p)
     p.add_argument("--topic", default=None, help="image topic (bags)")
     add_max_pixels_option(p)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -32,12 +34,16 @@ def register(subparsers) -> None:
 
 
 def run_eval(db: str, queries: str, weights: str | None = None, method: str = "model",
-             tolerance: int = 1, radius: float | None = None, seq_len: int = 1,
+             tolerance: int = 1, radius: float | None = None, matching=None,
              source=None) -> dict:
     """Load both sides, evaluate one method, return the metrics dict (with ``_curve``).
-    ``source``: a :class:`~vl2spike_ros.data.sources.SourceOptions` (image topic, pixel limit)."""
-    from vl2spike_ros.vpr.runner import (GroundTruth, baseline_method, evaluate_sets,
-                                         model_method)
+
+    ``matching``: a :class:`~vl2spike_ros.vpr.runner.MatchSettings` (sequence length,
+    velocities, acceptance rule; default: single frame, the node's defaults); ``source``: a
+    :class:`~vl2spike_ros.data.sources.SourceOptions` (image topic, pixel limit).
+    """
+    from vl2spike_ros.vpr.runner import (GroundTruth, MatchSettings, baseline_method,
+                                         evaluate_sets, model_method)
     from vl2spike_ros.data.sources import SourceOptions, load_source
 
     if tolerance < 0:
@@ -54,7 +60,7 @@ def run_eval(db: str, queries: str, weights: str | None = None, method: str = "m
     d = load_source(db, size=size, topic=src.topic, max_pixels=src.max_pixels)
     q = load_source(queries, size=size, topic=src.topic, max_pixels=src.max_pixels)
     res = evaluate_sets(m, d.images, q.images, GroundTruth(tolerance, radius, d.xy, q.xy),
-                        seq_len)
+                        matching or MatchSettings())
     res.update({"db": str(db), "queries": str(queries), "model": meta,
                 "weights": str(weights) if weights else "default"})
     return res
@@ -63,15 +69,19 @@ def run_eval(db: str, queries: str, weights: str | None = None, method: str = "m
 def _handler(ns) -> int:
     import torch
 
-    from vl2spike_ros.cli.common import print_summary, write_json_output
+    from vl2spike_ros.cli.common import acceptance_summary, print_summary, write_json_output
+    from vl2spike_ros.vpr.acceptance import AcceptanceRule
     from vl2spike_ros.vpr.evaluation import plot_pr, strip_curves
+    from vl2spike_ros.vpr.runner import MatchSettings
 
     torch.set_num_threads(ns.threads)
     from vl2spike_ros.data.sources import SourceOptions
 
     limit = {} if ns.max_pixels is None else {"max_pixels": ns.max_pixels}
+    rule = AcceptanceRule(ns.threshold, ns.margin)
+    matching = MatchSettings(ns.seq_len, ns.seq_velocities, rule)
     res = run_eval(ns.db, ns.queries, ns.weights, ns.method, ns.tolerance, ns.radius,
-                   ns.seq_len, SourceOptions(topic=ns.topic, **limit))
+                   matching, SourceOptions(topic=ns.topic, **limit))
     if ns.plot:
         plot_pr({ns.method: res["_curve"]}, ns.plot, title=f"PR: {ns.queries} vs {ns.db}")
     out = strip_curves(res)
@@ -79,5 +89,6 @@ def _handler(ns) -> int:
     r = out["recall"]
     print_summary(f"{out['n_queries']} queries vs {out['n_db']} places ({out['ground_truth']}): "
                   + " ".join(f"R@{k[1:]}={v:.2f}%" for k, v in r.items())
-                  + f" PR-AUC={out['pr_auc']:.3f} {out['queries_per_s']:.0f} queries/s", ns.json)
+                  + f" PR-AUC={out['pr_auc']:.3f} {out['queries_per_s']:.0f} queries/s; "
+                  + acceptance_summary(out["acceptance"]), ns.json)
     return 0

@@ -1,5 +1,8 @@
 """``vl2spike map build``: image folder or bag -> place map folder (FAISS index + JSON).
 
+A bag whose pose topic is ``sensor_msgs/NavSatFix`` gives places east/north/up metres from its
+first fix, recorded as the map's ``geo_origin`` (matches can then be reported as lat/lon).
+
 The map folder is replaced atomically (``--overwrite``): a crash leaves the old map or the new
 one (see :mod:`vl2spike_ros.vpr.placemap`).
 """
@@ -33,7 +36,9 @@ def register(subparsers) -> None:
     b.add_argument("--factory", default="Flat",
                    help="FAISS factory string (Flat = exact; e.g. HNSW32, IVF1024,PQ32)")
     b.add_argument("--topic", default=None, help="image topic (bags)")
-    b.add_argument("--pose-topic", default=None, help="pose topic (bags; default: the only one)")
+    b.add_argument("--pose-topic", default=None,
+                   help="pose topic (bags; default: the only one). NavSatFix: places in metres "
+                        "from the first fix, recorded as the map's geo origin")
     b.add_argument("--every", type=int, default=1, help="use every N-th frame")
     b.add_argument("--json", default=None, metavar="PATH", help="write a summary JSON")
     b.add_argument("--overwrite", action="store_true",
@@ -74,10 +79,15 @@ def build_map_from_source(source: str, out: str, weights: str | None = None,
                       pose_topic=o.pose_topic, every=o.every,
                       max_pixels=DEFAULT_MAX_PIXELS if o.max_pixels is None else o.max_pixels)
     pm = build_map(place, seq.images, seq.metas, o.factory)
+    if seq.geo_origin is not None:  # NavSatFix poses: east/north metres from the first fix
+        pm.set_geo_origin(*seq.geo_origin)
     pm.save(out)
-    return {"map": str(out), "source": str(source), "n_places": len(pm), "factory": o.factory,
-            "model": pm.model_meta, "with_poses": seq.xy is not None,
-            "seconds": round(time.perf_counter() - t0, 3)}
+    res = {"map": str(out), "source": str(source), "n_places": len(pm), "factory": o.factory,
+           "model": pm.model_meta, "with_poses": seq.xy is not None,
+           "seconds": round(time.perf_counter() - t0, 3)}
+    if pm.geo_origin is not None:
+        res["geo_origin"] = pm.geo_origin_json()
+    return res
 
 
 def _build(ns) -> int:
@@ -101,6 +111,8 @@ def _info(ns) -> int:
     pm = PlaceMap.load(ns.map_dir)
     info = {"map": ns.map_dir, "n_places": len(pm), "dim": pm.dim, "factory": pm.factory,
             "model": pm.model_meta}
+    if pm.geo_origin is not None:
+        info["geo_origin"] = pm.geo_origin_json()
     if ns.json:
         write_json_atomic(ns.json, info)
     print(json.dumps(info, indent=2))

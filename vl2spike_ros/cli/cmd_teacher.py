@@ -24,6 +24,8 @@ def register(subparsers) -> None:
     tr.add_argument("--widths", default="16,32,64,128",
                     help="ResNet stage widths of the image tower (comma-separated)")
     tr.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    tr.add_argument("--disjoint-from", default="", metavar="CONFIG",
+                    help="distill/bench YAML: leave out the images its runs train or validate on")
     tr.set_defaults(func=_train)
     ev = sub.add_parser("eval", help="zero-shot top-1 of a proxy teacher on CIFAR-10 test")
     ev.add_argument("--weights", default=None, help="default: packaged asset")
@@ -42,6 +44,7 @@ def _train(ns) -> int:
     torch.set_num_threads(ns.threads)
     cfg = TeacherTrainConfig(epochs=ns.epochs, batch_size=ns.batch_size, lr=ns.lr, seed=ns.seed,
                              train_limit=ns.train_limit, max_minutes=ns.max_minutes,
+                             disjoint_from=ns.disjoint_from,
                              widths=tuple(int(w) for w in ns.widths.split(",")))
     command = "vl2spike " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     meta = train_proxy_teacher(cifar10_tar(ns.data), ns.out or PROXY_ASSET, cfg, command=command)

@@ -8,6 +8,10 @@
   them, alpha is dropped), metadata dicts with ``source, frame, stamp_ns`` and, where known,
   ``pose`` (x, y, z, qx, qy, qz, qw) + ``frame_id``, and planar positions ``xy [N, 2]`` or None.
 
+A bag whose pose topic is ``sensor_msgs/NavSatFix`` gives poses in east/north/up metres from a
+geodetic origin (``geo_origin``: the first fix, or the one passed in, e.g. a map's), by
+:func:`vl2spike_ros.io.poses.latlon_to_local`.
+
 Every frame is size-checked before decoding (``max_pixels``, see :mod:`vl2spike_ros.io.decode`).
 """
 from __future__ import annotations
@@ -27,11 +31,15 @@ log = logging.getLogger(__name__)
 BAG_SUFFIXES = (".mcap", ".db3")
 
 
+GeoOrigin = tuple[float, float, float]  # (lat deg, lon deg, alt m)
+
+
 @dataclass
 class Sequence:
     images: np.ndarray
     metas: list[dict]
     xy: np.ndarray | None
+    geo_origin: GeoOrigin | None = None  # where NavSatFix poses are measured from
 
 
 @dataclass(frozen=True)
@@ -40,12 +48,14 @@ class FrameStream:
 
     ``frames`` yields ``(meta, image)`` at native size; ``positions(metas)`` gives planar
     ``xy [N, 2]`` for the yielded metas (or None) and adds ``pose``/``utm`` to them; ``total``
-    is the frame count when known up front.
+    is the frame count when known up front; ``geo_origin``: the geodetic origin of the poses
+    when they come from NavSatFix fixes, else None.
     """
 
     frames: Iterator[tuple[dict, np.ndarray]]
     total: int | None
     positions: Callable[[list[dict]], np.ndarray | None]
+    geo_origin: GeoOrigin | None = None
 
 
 @dataclass(frozen=True)
@@ -69,25 +79,36 @@ def _resize(img: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     return cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA)
 
 
-def _bag_poses(path: Path, stamps: np.ndarray, pose_topic: str | None):
+def _pose_topic(path: Path, pose_topic: str | None) -> str | None:
+    """``pose_topic``, else the bag's only pose topic (None, with a warning if several)."""
     from vl2spike_ros.io import bags
+    if pose_topic is not None:
+        return pose_topic
     types = set(bags.POSE_TYPES.values())
-    topics = {t: s for t, s in bags.list_topics(path).items() if s.msgtype in types}
-    if pose_topic is None and len(topics) != 1:
-        if topics:
-            log.warning("%s has several pose topics %s; pass pose_topic", path, sorted(topics))
+    topics = sorted(t for t, s in bags.list_topics(path).items() if s.msgtype in types)
+    if len(topics) > 1:
+        log.warning("%s has several pose topics %s; pass pose_topic", path, topics)
+    return topics[0] if len(topics) == 1 else None
+
+
+def _bag_poses(path: Path, stamps: np.ndarray, pose_topic: str | None,
+               origin: GeoOrigin | None = None):
+    from vl2spike_ros.io import bags
+    topic = _pose_topic(path, pose_topic)
+    if topic is None:
         return None
-    ps, xyz, quat = bags.read_poses(path, pose_topic)
+    ps, xyz, quat = bags.read_poses(path, topic, origin=origin)
     keep = np.r_[True, np.diff(ps) > 0]
     return bags.interpolate_poses(ps[keep], xyz[keep], quat[keep], stamps)
 
 
-def _bag_positions(path: Path,
-                   pose_topic: str | None) -> Callable[[list[dict]], np.ndarray | None]:
+def _bag_positions(path: Path, pose_topic: str | None,
+                   origin: GeoOrigin | None) -> Callable[[list[dict]], np.ndarray | None]:
     def positions(metas: list[dict]) -> np.ndarray | None:
         if not metas:
             return None
-        poses = _bag_poses(path, np.asarray([m["stamp_ns"] for m in metas], np.int64), pose_topic)
+        stamps = np.asarray([m["stamp_ns"] for m in metas], np.int64)
+        poses = _bag_poses(path, stamps, pose_topic, origin)
         if poses is None:
             return None
         xyz, quat = poses
@@ -98,12 +119,25 @@ def _bag_positions(path: Path,
     return positions
 
 
+def _bag_origin(path: Path, pose_topic: str | None,
+                geo_origin: GeoOrigin | None) -> GeoOrigin | None:
+    """Origin of a NavSatFix pose topic: ``geo_origin`` or its first fix; None for other poses."""
+    from vl2spike_ros.io import bags
+    topic = _pose_topic(path, pose_topic)
+    first = bags.read_fix_origin(path, topic) if topic is not None else None
+    if first is None:
+        return None
+    return tuple(float(v) for v in geo_origin) if geo_origin is not None else first
+
+
 def stream_bag(path: str | Path, topic: str | None = None, pose_topic: str | None = None,
-               every: int = 1, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> FrameStream:
+               every: int = 1, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               geo_origin: GeoOrigin | None = None) -> FrameStream:
     """Stream the frames of an image topic (every ``every``-th), one at a time.
 
     Stamps are header stamps (bag time where a header stamp is zero); ``positions``
-    interpolates the poses at them.
+    interpolates the poses at them. NavSatFix poses are metres from ``geo_origin`` (None: the
+    first fix), reported as the stream's ``geo_origin``.
     """
     from vl2spike_ros.io import bags
     path = Path(path)
@@ -122,7 +156,8 @@ def stream_bag(path: str | Path, topic: str | None = None, pose_topic: str | Non
             if i % every == 0:
                 stamp = int(fr.header_stamp_ns) or int(fr.stamp_ns)
                 yield {"source": path.name, "frame": i, "stamp_ns": stamp}, fr.image
-    return FrameStream(gen(), total, _bag_positions(path, pose_topic))
+    origin = _bag_origin(path, pose_topic, geo_origin)
+    return FrameStream(gen(), total, _bag_positions(path, pose_topic, origin), origin)
 
 
 def stream_folder(path: str | Path, every: int = 1,
@@ -148,12 +183,16 @@ def stream_folder(path: str | Path, every: int = 1,
 
 
 def stream_source(path: str | Path, topic: str | None = None, pose_topic: str | None = None,
-                  every: int = 1, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> FrameStream:
-    """Open an image folder or a bag as a :class:`FrameStream` (native-size frames)."""
+                  every: int = 1, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                  geo_origin: GeoOrigin | None = None) -> FrameStream:
+    """Open an image folder or a bag as a :class:`FrameStream` (native-size frames).
+
+    ``geo_origin``: measure a bag's NavSatFix poses from this point (e.g. the map's origin).
+    """
     if not Path(path).exists():
         raise FileNotFoundError(f"{path} does not exist (expected an image folder or a ROS 2 bag)")
     if is_bag(path):
-        return stream_bag(path, topic, pose_topic, every, max_pixels)
+        return stream_bag(path, topic, pose_topic, every, max_pixels, geo_origin)
     return stream_folder(path, every, max_pixels)
 
 
@@ -190,7 +229,7 @@ def load_source(path: str | Path, size: tuple[int, int] | None = None, topic: st
     if not imgs:
         raise ValueError(f"no image frames in {path}")
     images = _harmonise(imgs, str(path))
-    return Sequence(images, metas, stream.positions(metas))
+    return Sequence(images, metas, stream.positions(metas), stream.geo_origin)
 
 
 def load_bag(path: str | Path, topic: str | None = None, pose_topic: str | None = None,

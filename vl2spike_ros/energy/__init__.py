@@ -2,7 +2,8 @@
 
 See :mod:`vl2spike_ros.energy.counting` for the method.
 """
-from .counting import E_AC_PJ, E_MAC_PJ, energy_mj, spike_count_rules, student_energy, teacher_energy
+from .counting import (E_AC_PJ, E_MAC_PJ, energy_mj, rate_projection_count, spike_count_rules,
+                       student_energy, teacher_energy)
 
-__all__ = ["E_AC_PJ", "E_MAC_PJ", "energy_mj", "spike_count_rules", "student_energy",
-           "teacher_energy"]
+__all__ = ["E_AC_PJ", "E_MAC_PJ", "energy_mj", "rate_projection_count", "spike_count_rules",
+           "student_energy", "teacher_energy"]

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 aten = torch.ops.aten
 
 __all__ = ["E_MAC_PJ", "E_AC_PJ", "student_energy", "teacher_energy", "spike_count_rules",
-           "energy_mj"]
+           "energy_mj", "rate_projection_count"]
 
 _COST = SimpleEnergyCostConfig.fp32()
 E_MAC_PJ: float = float(_COST.e_mac_pj)
@@ -245,3 +245,38 @@ def teacher_energy(module: nn.Module | Callable[[torch.Tensor], Any],
     return {"energy_mj": energy_mj(macs, 0.0), "macs": macs, "batch": b,
             "macs_by_scope": {k: v / b for k, v in _top_scopes(mac).items()},
             "e_mac_pj": E_MAC_PJ}
+
+
+# ----------------------------------------------------------------------------- rate projections
+@torch.no_grad()
+def rate_projection_count(spikes: torch.Tensor, out_dim: int) -> dict:
+    """Count a linear map applied to spike rates, per image, both ways.
+
+    ``spikes`` ``[T, B, ...]``: the spike trains (0/1, or non-negative integer counts) whose
+    time average, the rate vector ``r = mean_t(s_t)`` of ``D`` values per image, is
+    L2-normalised, centred and projected by ``W [D, out_dim]`` (the place descriptor's
+    whitening). Dense count: ``D x out_dim`` MACs. Spiking hardware: the projection commutes
+    with the time average, ``W . mean_t(s_t) = mean_t(W . s_t)``, so every input spike
+    accumulates one weight row (``spikes x out_dim`` ACs); the rest is real-valued and counted
+    as MACs: the squared norm over active inputs (one per active input), then per output the
+    ``1 / (T |r|)`` scale, the stored mean's projection (a constant) and the final L2 norm
+    (``3 x out_dim``).
+
+    Returns ``in_dim, out_dim, spikes, active_inputs, dense_macs, acs, macs,
+    energy_mj_dense, energy_mj_spiking``.
+    """
+    if spikes.ndim < 3 or out_dim < 1:
+        raise ValueError(f"need spikes [T, B, ...] and out_dim >= 1, got {list(spikes.shape)} "
+                         f"and {out_dim}")
+    s = spikes.detach().double().flatten(2)                      # [T, B, D]
+    if bool((s < 0).any()) or not bool(s.eq(torch.round(s)).all()):
+        raise ValueError("spikes must be 0/1 or non-negative integer spike counts")
+    b, d = int(s.shape[1]), int(s.shape[2])
+    n_spikes = float(s.sum()) / b
+    active = float((s.sum(0) > 0).sum()) / b
+    acs = n_spikes * out_dim
+    macs = active + 3.0 * out_dim
+    dense = float(d * out_dim)
+    return {"in_dim": d, "out_dim": int(out_dim), "spikes": n_spikes, "active_inputs": active,
+            "dense_macs": dense, "acs": acs, "macs": macs,
+            "energy_mj_dense": energy_mj(dense, 0.0), "energy_mj_spiking": energy_mj(macs, acs)}

@@ -5,7 +5,8 @@
 * :func:`read_image_bag` yields :class:`BagFrame` ``(stamp_ns, image, header_stamp_ns)`` from a raw
   ``sensor_msgs/Image`` or ``sensor_msgs/CompressedImage`` topic (auto-detected when unique);
 * :func:`read_poses` reads ``nav_msgs/Odometry``, ``geometry_msgs/PoseStamped``,
-  ``geometry_msgs/PoseWithCovarianceStamped`` or ``sensor_msgs/NavSatFix`` (local metres);
+  ``geometry_msgs/PoseWithCovarianceStamped`` or ``sensor_msgs/NavSatFix`` (local metres from
+  a geodetic origin, :func:`read_fix_origin`);
 * :func:`interpolate_poses` gives positions (linear) and orientations (slerp) at other times
   (pose geometry lives in :mod:`vl2spike_ros.io.poses`, re-exported here).
 
@@ -35,15 +36,15 @@ from vl2spike_ros.io.images import (
     msg_to_array,
     stamp_ns,
 )
-from vl2spike_ros.io.poses import interpolate_poses, latlon_to_local
+from vl2spike_ros.io.poses import interpolate_poses, latlon_to_local, local_to_latlon
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "STORAGES", "POSE_TYPES", "IMAGE_TYPES", "BagFrame", "TopicSummary", "BagWriteSummary",
     "BagWriteOptions", "write_image_bag", "read_image_bag", "list_topics", "bag_info",
-    "read_poses",
-    "interpolate_poses", "latlon_to_local",
+    "read_poses", "read_fix_origin",
+    "interpolate_poses", "latlon_to_local", "local_to_latlon",
 ]
 
 STORAGES = ("mcap", "sqlite3")
@@ -402,14 +403,17 @@ def _pose_of(msg: Any, msgtype: str) -> tuple[list[float], list[float]] | None:
 
 
 def read_poses(
-    path: str | os.PathLike, topic: str | None = None, use_header_stamp: bool = True
+    path: str | os.PathLike, topic: str | None = None, use_header_stamp: bool = True,
+    raw_fixes: bool = False, origin: tuple[float, float, float] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read poses: ``(stamps_ns int64 [N], xyz [N, 3], quat [N, 4] (x, y, z, w))`` by time.
 
     Reads Odometry / PoseStamped / PoseWithCovarianceStamped / NavSatFix (``topic`` None: the only
-    such topic). NavSatFix becomes east/north/up metres from the first fix (equirectangular),
+    such topic). NavSatFix becomes east/north/up metres from ``origin`` (lat, lon, alt; None: the
+    first fix, see :func:`read_fix_origin`) by :func:`~vl2spike_ros.io.poses.latlon_to_local`,
     orientation identity; fixes with ``status < 0`` are skipped. Stamps are header stamps (bag
-    time where a header stamp is zero) unless ``use_header_stamp`` is False.
+    time where a header stamp is zero) unless ``use_header_stamp`` is False. ``raw_fixes``:
+    NavSatFix stays (lat, lon, alt), e.g. to put several bags in one local frame.
     """
     topics = list_topics(path)
     chosen = _pick_topic(path, topics, topic, tuple(POSE_TYPES.values()),
@@ -438,6 +442,22 @@ def read_poses(
     order = np.argsort(np.asarray(stamps, dtype=np.int64), kind="stable")
     st = np.asarray(stamps, np.int64)[order]
     p, q = np.asarray(xyz, float)[order], np.asarray(quat, float)[order]
-    if topics[chosen].msgtype == POSE_TYPES["navsatfix"]:
-        p = latlon_to_local(p[:, 0], p[:, 1], p[:, 2])
+    if topics[chosen].msgtype == POSE_TYPES["navsatfix"] and not raw_fixes:
+        p = latlon_to_local(p[:, 0], p[:, 1], p[:, 2], origin)
     return st, p, q
+
+
+def read_fix_origin(path: str | os.PathLike,
+                    topic: str | None = None) -> tuple[float, float, float] | None:
+    """First usable fix ``(lat, lon, alt)`` (by stamp) of a NavSatFix pose topic, else None.
+
+    ``topic`` None: the only pose topic (as :func:`read_poses`). This is the origin
+    :func:`read_poses` measures NavSatFix positions from when it is given none.
+    """
+    topics = list_topics(path)
+    chosen = _pick_topic(path, topics, topic, tuple(POSE_TYPES.values()),
+                         "pose (Odometry/PoseStamped/NavSatFix)")
+    if topics[chosen].msgtype != POSE_TYPES["navsatfix"]:
+        return None
+    _, fixes, _ = read_poses(path, chosen, raw_fixes=True)
+    return tuple(float(v) for v in fixes[0])

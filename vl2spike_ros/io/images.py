@@ -10,7 +10,10 @@ Array conventions (both directions):
 * colour is in **RGB(A) order** whatever the wire encoding (``bgr8`` / ``bgra8`` / ``bgr16`` and
   JPEG/PNG payloads are reordered); generic OpenCV encodings (``8UC3`` ...) are returned as-is;
 * dtype follows the encoding (``uint8`` for ``*8``/``8UC*``, ``uint16`` for ``mono16``/``16UC*``,
-  ``float32`` for ``32FC*``...), always in native byte order and never aliasing the message.
+  ``float32`` for ``32FC*``...), always in native byte order and never aliasing the message;
+* camera-native encodings (YUV 4:2:2 ``yuv422`` = UYVY, ``yuv422_yuy2`` = YUYV, 8-bit Bayer
+  ``bayer_rggb8`` ...) are decoded to ``[H, W, 3]`` RGB uint8 (read only; see
+  :mod:`vl2spike_ros.io.camera_formats`).
 
 Bad input (unknown encoding, truncated data, ``step`` too small, empty image, undecodable
 compressed payload) raises :class:`ImageDecodeError`, a ``ValueError``.
@@ -25,6 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from vl2spike_ros.io.camera_formats import CAMERA_ENCODINGS, camera_format, camera_rows_to_rgb
 from vl2spike_ros.io.decode import (DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLargeError,
                                     check_pixels, decode_image_bytes, image_header_size)
 
@@ -87,14 +91,19 @@ def encoding_info(encoding: str) -> EncodingInfo:
     m = _GENERIC.match(enc.upper())
     if m:
         ch = int(m.group(2))
-        return EncodingInfo(np.dtype(_GENERIC_DTYPES[m.group(1)]), ch, "MONO" if ch == 1 else "RAW")
+        return EncodingInfo(np.dtype(_GENERIC_DTYPES[m.group(1)]), ch,
+                            "MONO" if ch == 1 else "RAW")
     known = ", ".join(sorted(_NAMED)) + ", 8UC1..64FC4"
-    raise ImageDecodeError(f"unsupported image encoding {encoding!r} (supported: {known})")
+    if enc.lower() in CAMERA_ENCODINGS:  # decoded by image_msg_to_array, never written
+        raise ImageDecodeError(f"image encoding {encoding!r} can be decoded but not written "
+                               f"(writable: {known})")
+    raise ImageDecodeError(f"unsupported image encoding {encoding!r} (supported: {known}, "
+                           f"{', '.join(CAMERA_ENCODINGS)})")
 
 
 @functools.lru_cache(maxsize=1)
 def default_typestore():
-    """The rosbags typestore used to build messages without rclpy (ROS 2 Kilted)."""
+    """Return the rosbags typestore used to build messages without rclpy (ROS 2 Kilted)."""
     from rosbags.typesys import Stores, get_typestore
 
     store = getattr(Stores, "ROS2_KILTED", None) or Stores.LATEST
@@ -128,7 +137,8 @@ def _reorder_to_rgb(arr: np.ndarray, order: str) -> np.ndarray:
         return arr
     import cv2  # far faster than numpy fancy indexing for this
 
-    return cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_BGR2RGB if order == "BGR" else cv2.COLOR_BGRA2RGBA)
+    code = cv2.COLOR_BGR2RGB if order == "BGR" else cv2.COLOR_BGRA2RGBA
+    return cv2.cvtColor(np.ascontiguousarray(arr), code)
 
 
 def image_msg_to_array(msg: Any, max_pixels: int | None = None) -> np.ndarray:
@@ -143,16 +153,36 @@ def image_msg_to_array(msg: Any, max_pixels: int | None = None) -> np.ndarray:
         raw = _data_bytes(msg.data)
     except AttributeError as exc:
         raise ImageDecodeError(f"not a sensor_msgs/Image: {exc}") from exc
-    info = encoding_info(encoding)
+    camera = camera_format(encoding)  # YUV 4:2:2 / Bayer: converted to RGB
+    info = encoding_info(encoding) if camera is None else None
     if h <= 0 or w <= 0:
         raise ImageDecodeError(f"empty image ({h}x{w}, encoding {encoding!r})")
     check_pixels(w, h, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
                  f"{encoding} image")
-    row_bytes = w * info.channels * info.dtype.itemsize
+    if camera is not None:
+        rows = _rows(raw, h, w, step, (camera.bytes_per_pixel, 1), encoding)
+        return camera_rows_to_rgb(rows, camera, w, encoding)
+    rows = _rows(raw, h, w, step, (info.channels, info.dtype.itemsize), encoding)
+    wire = info.dtype.newbyteorder(">" if big else "<")
+    arr = np.array(rows, copy=True).view(wire).reshape(h, w, info.channels)
+    arr = arr.astype(info.dtype.newbyteorder("="), copy=False)
+    arr = _reorder_to_rgb(arr, info.order)
+    arr = arr[..., 0] if info.channels == 1 else arr
+    return np.ascontiguousarray(arr)
+
+
+def _rows(raw: np.ndarray, h: int, w: int, step: int, pixel: tuple[int, int],
+          encoding: str) -> np.ndarray:
+    """Rows ``[h, w * channels * bytes]`` of the message data (padding cut; a strided view).
+
+    ``pixel``: (channels, bytes per channel). ImageDecodeError for a ``step`` below the row size,
+    truncated data or more data than ``step * h``.
+    """
+    row_bytes = w * pixel[0] * pixel[1]
     if step < row_bytes:
         raise ImageDecodeError(
-            f"step {step} is smaller than width*channels*bytes = {w}*{info.channels}*"
-            f"{info.dtype.itemsize} = {row_bytes} for encoding {encoding!r}"
+            f"step {step} is smaller than width*channels*bytes = {w}*{pixel[0]}*"
+            f"{pixel[1]} = {row_bytes} for encoding {encoding!r}"
         )
     need, expected = (h - 1) * step + row_bytes, h * step
     if raw.size < need:
@@ -165,13 +195,7 @@ def image_msg_to_array(msg: Any, max_pixels: int | None = None) -> np.ndarray:
             f"image data has {raw.size} bytes, more than step*height = {expected} "
             f"({h}x{w} {encoding!r}): wrong height/step/encoding?"
         )
-    rows = np.lib.stride_tricks.as_strided(raw, shape=(h, row_bytes), strides=(step, 1))
-    wire = info.dtype.newbyteorder(">" if big else "<")
-    arr = np.array(rows, copy=True).view(wire).reshape(h, w, info.channels)
-    arr = arr.astype(info.dtype.newbyteorder("="), copy=False)
-    arr = _reorder_to_rgb(arr, info.order)
-    arr = arr[..., 0] if info.channels == 1 else arr
-    return np.ascontiguousarray(arr)
+    return np.lib.stride_tricks.as_strided(raw, shape=(h, row_bytes), strides=(step, 1))
 
 
 def _infer_encoding(arr: np.ndarray) -> str:
@@ -198,7 +222,8 @@ def _check_array(arr: np.ndarray, info: EncodingInfo, encoding: str) -> np.ndarr
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"empty image array of shape {arr.shape}")
     if arr.dtype.newbyteorder("=") != info.dtype:
-        raise ValueError(f"array dtype {arr.dtype} does not match encoding {encoding!r} ({info.dtype})")
+        raise ValueError(f"array dtype {arr.dtype} does not match encoding {encoding!r} "
+                         f"({info.dtype})")
     return arr
 
 
@@ -215,7 +240,8 @@ def _new_msg(msg_cls: Any, msgtype: str) -> tuple[Any, bool]:
 
 def _rosbags_header(stamp: int, frame_id: str) -> Any:
     types = default_typestore().types
-    t = types["builtin_interfaces/msg/Time"](sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000)
+    sec, nanosec = divmod(stamp, 1_000_000_000)
+    t = types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
     return types["std_msgs/msg/Header"](stamp=t, frame_id=frame_id)
 
 
@@ -270,7 +296,8 @@ def array_to_image_msg(
     row_bytes = w * info.channels * info.dtype.itemsize
     step = row_bytes if step is None else int(step)
     if step < row_bytes:
-        raise ValueError(f"step {step} < row size {row_bytes} bytes for a {w}-wide {encoding!r} image")
+        raise ValueError(f"step {step} < row size {row_bytes} bytes for a {w}-wide {encoding!r} "
+                         "image")
     rows = np.zeros((h, step), dtype=np.uint8)
     rows[:, :row_bytes] = np.ascontiguousarray(a).view(np.uint8).reshape(h, row_bytes)
     fields = {
@@ -286,7 +313,7 @@ _PNG_MAGIC = b"\x89PNG"
 
 
 def is_compressed_msg(msg: Any) -> bool:
-    """True for ``sensor_msgs/CompressedImage``-like objects (``format`` + ``data``)."""
+    """Tell ``sensor_msgs/CompressedImage``-like objects (``format`` + ``data``) apart."""
     return hasattr(msg, "format") and hasattr(msg, "data") and not hasattr(msg, "encoding")
 
 
@@ -335,7 +362,8 @@ def compressed_msg_to_array(msg: Any, max_pixels: int | None = None) -> np.ndarr
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB if img.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
         original = fmt.split(";")[0].strip().lower()
         if original in ("mono8", "mono16", "8uc1", "16uc1"):
-            img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY if img.shape[2] == 3 else cv2.COLOR_RGBA2GRAY)
+            grey = cv2.COLOR_RGB2GRAY if img.shape[2] == 3 else cv2.COLOR_RGBA2GRAY
+            img = cv2.cvtColor(img, grey)
     return np.ascontiguousarray(img)
 
 
@@ -369,7 +397,8 @@ def array_to_compressed_msg(
         raise ValueError(f"empty image array of shape {arr.shape}")
     allowed = (np.uint8,) if kind == "jpeg" else (np.uint8, np.uint16)
     if arr.dtype not in [np.dtype(a) for a in allowed]:
-        raise ValueError(f"{kind} needs a {' or '.join(np.dtype(a).name for a in allowed)} array, got {arr.dtype}")
+        names = " or ".join(np.dtype(a).name for a in allowed)
+        raise ValueError(f"{kind} needs a {names} array, got {arr.dtype}")
     if kind == "jpeg" and arr.ndim == 3 and arr.shape[2] == 4:
         raise ValueError("jpeg cannot store an alpha channel: pass [H, W, 3] or use png")
     if not 1 <= int(quality) <= 100:
@@ -381,7 +410,8 @@ def array_to_compressed_msg(
         target = target.replace("8", "16") if arr.dtype == np.uint16 else target
     else:
         target = original
-    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if kind == "jpeg" else [cv2.IMWRITE_PNG_COMPRESSION, 3]
+    params = ([cv2.IMWRITE_JPEG_QUALITY, int(quality)] if kind == "jpeg"
+              else [cv2.IMWRITE_PNG_COMPRESSION, 3])
     ok, buf = cv2.imencode(".jpg" if kind == "jpeg" else ".png", arr, params)
     if not ok:
         raise ValueError(f"OpenCV could not encode a {arr.shape} {arr.dtype} array as {kind}")

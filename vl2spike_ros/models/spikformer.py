@@ -97,18 +97,21 @@ class Capture:
 
     ``v_seq``: LIF name -> membrane potentials ``[T, B, ...]``; ``spike_rates``: LIF name -> mean
     firing rate (0-d tensor); ``step_spike_rates``: LIF name -> ``[T]`` rate per step;
+    ``step_sample_rates``: LIF name -> ``[T, B]`` rate per step and image;
     ``step_features``: ``[T, B, D]`` tokens pooled per time step. All keep their autograd graph.
     """
 
     v_seq: dict[str, torch.Tensor] = field(default_factory=dict)
     spike_rates: dict[str, torch.Tensor] = field(default_factory=dict)
     step_spike_rates: dict[str, torch.Tensor] = field(default_factory=dict)
+    step_sample_rates: dict[str, torch.Tensor] = field(default_factory=dict)
     step_features: torch.Tensor | None = None
 
     def clear(self) -> None:
         self.v_seq.clear()
         self.spike_rates.clear()
         self.step_spike_rates.clear()
+        self.step_sample_rates.clear()
         self.step_features = None
 
 
@@ -241,7 +244,9 @@ class SpikformerStudent(nn.Module):
 
         def make_hook(name: str):
             def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
-                step = out.flatten(1).mean(dim=1)  # [T]
+                per_image = out.flatten(2).mean(dim=2)  # [T, B]
+                step = per_image.mean(dim=1)  # [T] (every image has the same number of units)
+                cap.step_sample_rates[name] = per_image
                 cap.step_spike_rates[name] = step
                 cap.spike_rates[name] = step.mean()
             return hook

@@ -2,7 +2,8 @@
 
 :class:`Engine` wraps :class:`vl2spike_ros.vpr.pipeline.VPRPipeline` (the same per-frame code
 as ``vl2spike replay``) and adds what the node needs around it: an empty map in mapping mode,
-adding the last frame as a place, map reload / save, and live ``top_k`` / threshold changes.
+adding the last frame as a place, map reload / save, and live ``top_k`` / acceptance changes.
+Whether a match is accepted is decided by the pipeline only (``MatchResult.accepted``).
 Places added since the map was loaded or last saved are *unsaved*: a reload that would drop
 them is refused unless asked to discard them. Callers serialise access (the node holds a lock).
 """
@@ -39,7 +40,8 @@ class Engine:
         """Load weights and map (checked to match); an empty map only in mapping mode."""
         import torch
 
-        from vl2spike_ros.vpr.pipeline import VPRPipeline
+        from vl2spike_ros.vpr.matching import parse_velocities
+        from vl2spike_ros.vpr.pipeline import MatchOptions, VPRPipeline
         from vl2spike_ros.vpr.placemap import PlaceMap
 
         if not p.map_dir and not p.mapping_mode:
@@ -49,9 +51,10 @@ class Engine:
             torch.set_num_threads(p.num_threads)
         if p.device.startswith("cuda") and not torch.cuda.is_available():
             raise EngineError(f"device {p.device!r} requested but CUDA is not available")
+        options = MatchOptions(p.match_margin, parse_velocities(p.sequence_velocities))
         pipe = VPRPipeline(p.weights or None, p.map_dir or None, top_k=p.top_k,
                            threshold=p.match_threshold, seq_len=p.sequence_length,
-                           device=p.device)
+                           device=p.device, options=options)
         if pipe.map is None:
             pipe.map = PlaceMap(int(pipe.model_meta["descriptor_dim"]), pipe.model_meta)
         engine = cls(pipe, p.map_dir, p.weights or "(packaged default)")
@@ -86,8 +89,15 @@ class Engine:
                 f"map {self.map_dir or '(new, empty)'} with {len(self)} places, "
                 f"device {self.pipe.device}")
 
-    def set_matching(self, top_k: int, threshold: float) -> None:
-        self.pipe.top_k, self.pipe.threshold = int(top_k), float(threshold)
+    def set_matching(self, top_k: int, threshold: float, margin: float) -> None:
+        """Apply live ``top_k``, ``match_threshold`` and ``match_margin`` changes."""
+        self.pipe.top_k = int(top_k)
+        self.pipe.set_acceptance(threshold, margin)
+
+    def expected_precision(self) -> float | None:
+        """Return the validation precision of accepted matches at this margin (None: no table)."""
+        cal = self.pipe.calibration
+        return cal.at(self.pipe.rule.margin) if cal is not None else None
 
     def process(self, image: np.ndarray) -> Any:
         """Match one uint8 frame; an empty MatchResult while the map is still empty.
@@ -95,13 +105,9 @@ class Engine:
         The frame's descriptor is kept for :meth:`add_last` (no second forward pass).
         """
         if len(self) == 0:
-            from vl2spike_ros.vpr.pipeline import MatchResult
-
             t0 = time.perf_counter()
             desc = self.pipe.describe(image)  # the map has nothing to search yet
-            res = MatchResult(ids=np.zeros(0, np.int64), scores=np.zeros(0, np.float32),
-                              accepted=False, best_id=-1, best_score=float("-inf"),
-                              latency_ms=(time.perf_counter() - t0) * 1e3, descriptor=desc)
+            res = self.pipe.no_match(desc, (time.perf_counter() - t0) * 1e3)
         else:
             res = self.pipe.process(image)
         self._last_desc = res.descriptor

@@ -17,13 +17,14 @@ PROFILE_NAME = "fastdds_loopback.xml"
 
 
 def fastdds_profile_path() -> Path:
-    """The loopback-only Fast DDS profile shipped with the package (source or installed share)."""
+    """Return the loopback-only Fast DDS profile shipped with the package (source or share)."""
     here = Path(__file__).resolve()
     candidates = [here.parents[2] / "config" / PROFILE_NAME]
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        candidates.append(Path(get_package_share_directory("vl2spike_ros")) / "config" / PROFILE_NAME)
+        share = Path(get_package_share_directory("vl2spike_ros"))
+        candidates.append(share / "config" / PROFILE_NAME)
     except Exception:  # noqa: BLE001 - ament index absent or package not installed
         pass
     for c in candidates:
@@ -42,7 +43,8 @@ def loopback_env(domain_id: int | None = None, log_dir: str | None = None) -> di
     return {
         # SYSTEM_DEFAULT: rmw leaves the transports to the XML profile. With LOCALHOST,
         # rmw_fastrtps appends its own UDPv4 transport without a whitelist, which binds sockets
-        # on 0.0.0.0 and every interface (seen with `ss -uanp`); the profile keeps all on 127.0.0.1.
+        # on 0.0.0.0 and every interface (seen with `ss -uanp`); the profile keeps all on
+        # 127.0.0.1.
         "ROS_AUTOMATIC_DISCOVERY_RANGE": "SYSTEM_DEFAULT",
         "FASTDDS_DEFAULT_PROFILES_FILE": profile,
         "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",

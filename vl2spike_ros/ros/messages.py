@@ -65,22 +65,31 @@ def pose_meta(position: Sequence[float], orientation: Sequence[float]) -> dict[s
     return {"pose": [float(v) for v in (*position, *orientation)]}
 
 
-def confidence(score: float) -> float:
-    """Match confidence in (0, 1] from a cosine score (clipped)."""
-    return float(min(1.0, max(1e-3, score)))
+MIN_CONFIDENCE = 1e-3
 
 
-def make_pose_msg(header: Any, pose: tuple[list[float], list[float]], score: float,
+def covariance_scale(confidence: float | None) -> float:
+    """Return the factor on the variances: ``1 / confidence^2`` (confidence clipped to [1e-3, 1]).
+
+    ``confidence`` is the match's calibrated one (:mod:`vl2spike_ros.vpr.acceptance`:
+    validation precision at its margin); None (weights without a calibration) gives 1.
+    """
+    if confidence is None or not math.isfinite(confidence):
+        return 1.0
+    return 1.0 / min(1.0, max(MIN_CONFIDENCE, float(confidence))) ** 2
+
+
+def make_pose_msg(header: Any, pose: tuple[list[float], list[float]], confidence: float | None,
                   position_variance: float, orientation_variance: float
                   ) -> PoseWithCovarianceStamped:
-    """Build the matched place's PoseWithCovarianceStamped; variances grow as 1/confidence^2."""
+    """Build the matched place's PoseWithCovarianceStamped; variances x covariance_scale."""
     msg = PoseWithCovarianceStamped()
     msg.header = header
     (px, py, pz), (qx, qy, qz, qw) = pose
     p = msg.pose.pose
     p.position.x, p.position.y, p.position.z = px, py, pz
     p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w = qx, qy, qz, qw
-    scale = 1.0 / confidence(score) ** 2
+    scale = covariance_scale(confidence)
     cov = np.zeros(36)
     cov[[0, 7, 14]] = position_variance * scale
     cov[[21, 28, 35]] = orientation_variance * scale

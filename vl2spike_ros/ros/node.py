@@ -29,7 +29,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data, QoSProfile
-from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import CompressedImage, Image, NavSatFix, PointCloud2
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 
@@ -37,14 +37,14 @@ from vl2spike_ros.io.images import msg_to_array, stamp_ns
 from vl2spike_ros.ros import messages as M
 from vl2spike_ros.ros.engine import Engine, EngineError
 from vl2spike_ros.ros.frames import LatestSlot, NodeStats, RateLimiter
-from vl2spike_ros.ros import startup
+from vl2spike_ros.ros import geo, startup
 from vl2spike_ros.ros.params import NODE_NAME, PARAM_SPECS, SPEC_BY_NAME, NodeParams, check_value
 from vl2spike_ros.ros.watchdog import FrameWatchdog, no_frame_reason, ros_type_name
 
 _PTYPE = {"string": ParameterType.PARAMETER_STRING, "bool": ParameterType.PARAMETER_BOOL,
           "integer": ParameterType.PARAMETER_INTEGER, "double": ParameterType.PARAMETER_DOUBLE}
 _POSE_MSGS = {"odometry": Odometry, "pose_stamped": PoseStamped,
-              "pose_with_covariance": PoseWithCovarianceStamped}
+              "pose_with_covariance": PoseWithCovarianceStamped, "navsatfix": NavSatFix}
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 THROTTLE_S = 5.0
 WATCHDOG_TICK_S = 0.5  # how often the no-frame watchdog looks at the frame counter
@@ -84,7 +84,7 @@ class VPRNode(LifecycleNode):
         self.engine_lock = threading.RLock()
         self.config_error: str | None = None
         self.mapping = self.params.mapping_mode
-        self._latest_pose: tuple[list[float], list[float], str] | None = None
+        self._latest_pose: geo.LatestPose | None = None  # pose or GNSS fix (mapping mode)
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
         self._limiter = RateLimiter(self.params.max_rate_hz)
@@ -126,10 +126,11 @@ class VPRNode(LifecycleNode):
         self._limiter.rate_hz = self.params.max_rate_hz
         if "mapping_mode" in names:
             self.mapping = self.params.mapping_mode
-        if names & {"top_k", "match_threshold"}:
+        if names & {"top_k", "match_threshold", "match_margin"}:
             with self.engine_lock:
                 if self.engine is not None:
-                    self.engine.set_matching(self.params.top_k, self.params.match_threshold)
+                    self.engine.set_matching(self.params.top_k, self.params.match_threshold,
+                                             self.params.match_margin)
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -147,6 +148,7 @@ class VPRNode(LifecycleNode):
             "pose": self.create_lifecycle_publisher(PoseWithCovarianceStamped, "vpr/match_pose",
                                                     10),
             "candidates": self.create_lifecycle_publisher(PointCloud2, "vpr/candidates", 10),
+            "fix": self.create_lifecycle_publisher(NavSatFix, "vpr/match_fix", 10),
         }
         if p.publish_markers:
             self._pubs["markers"] = self.create_lifecycle_publisher(MarkerArray, "vpr/markers", 10)
@@ -219,6 +221,9 @@ class VPRNode(LifecycleNode):
                                             qos_profile_sensor_data_depth1())
 
     def _on_pose(self, msg: Any) -> None:
+        if isinstance(msg, NavSatFix):  # converted to map metres when a frame is mapped
+            self._latest_pose = geo.fix_of(msg) or self._latest_pose
+            return
         pose = msg.pose.pose if hasattr(msg.pose, "pose") else msg.pose
         self._latest_pose = ([pose.position.x, pose.position.y, pose.position.z],
                              [pose.orientation.x, pose.orientation.y, pose.orientation.z,
@@ -294,7 +299,8 @@ class VPRNode(LifecycleNode):
                                 * 10**9 + int(msg.header.stamp.nanosec),
                                 "camera_frame_id": msg.header.frame_id}
         if self._latest_pose is not None:
-            position, orientation, frame_id = self._latest_pose
+            position, orientation, frame_id = geo.mapping_pose(self._latest_pose,
+                                                               engine.pipe.map)
             meta.update(M.pose_meta(position, orientation))
             meta["frame_id"] = frame_id or self.params.map_frame_id
         engine.add_last(meta)
@@ -310,8 +316,12 @@ class VPRNode(LifecycleNode):
             pose = M.place_pose(metas.get(best))
             if pose is not None:
                 self._pubs["pose"].publish(M.make_pose_msg(
-                    out_header, pose, float(res.best_score), p.position_variance,
+                    out_header, pose, res.confidence, p.position_variance,
                     p.orientation_variance))
+                origin = geo.map_origin(self.engine)
+                if origin is not None:  # a map with a geodetic origin: the match as lat/lon
+                    self._pubs["fix"].publish(geo.make_fix_msg(
+                        header, origin, pose[0], res.confidence, p.position_variance))
         self._pubs["candidates"].publish(cands)
         if "markers" in self._pubs:
             self._pubs["markers"].publish(M.make_markers(out_header, M.unpack_candidates(cands)))
@@ -387,9 +397,13 @@ class VPRNode(LifecycleNode):
         s = self.stats.summary()
         with self.engine_lock:
             map_size = len(self.engine) if self.engine is not None else 0
+            precision = self.engine.expected_precision() if self.engine is not None else None
         return {**s, "frames_received": self.slot.received, "frames_dropped": self.slot.dropped,
                 "map_size": map_size, "mapping_mode": self.mapping,
-                "device": self.params.device}
+                "device": self.params.device, "match_margin": self.params.match_margin,
+                # validation precision of accepted matches at this margin (lower bound)
+                "accepted_precision_validation": "uncalibrated" if precision is None
+                else precision}
 
     def publish_diagnostics(self) -> None:
         self._check_frames()  # the no-frame state as of now, not of the last watchdog tick
@@ -417,6 +431,8 @@ def _startup_error_text(exc: Exception) -> str:
     text = f"invalid parameter: {exc}"
     if "expecting type 'DOUBLE'" in text:
         text += " (write floating point values with a decimal point, e.g. 10.0)"
+    if "expecting type 'STRING'" in text:
+        text += " (quote string values, e.g. -p \"sequence_velocities:='0.5'\")"
     return text
 
 

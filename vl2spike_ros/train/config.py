@@ -4,7 +4,9 @@ Every weight, temperature and schedule of the losses is a field here; each loss 
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +17,20 @@ import yaml
 from vl2spike_ros.train.teachers import DEFAULT_TEMPLATES
 
 
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {' | '.join(choices)}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "cifar10"            # "cifar10" (tar) or "folder" (root/<class>/<image>)
     path: str | None = None            # tar / train folder; default <data root>/cifar10.tar
     test_path: str | None = None       # folder source: test folder (default: val split)
     train_limit: int = 0               # class-balanced subset of train (0 = all)
+    # seed of that subset: None = the run's seed (each seed its own subset); an int = one fixed
+    # subset for every seed (paired comparisons)
+    subset_seed: int | None = None
     val_fraction: float = 0.1          # carved from train (choices use val, never test)
     test_limit: int = 0                # class-balanced subset of test for evaluation (0 = all)
     augment: bool = True               # random crop (pad) + horizontal flip
@@ -36,7 +46,8 @@ class TeacherConfig:
     model_config: str | None = None    # extra open_clip model config JSON (custom architectures)
     path: str | None = None            # proxy weights (default: packaged asset)
     templates: tuple[str, ...] = DEFAULT_TEMPLATES   # SPL prompt ensemble
-    kd_templates: tuple[str, ...] = ("a photo of a {}.",)  # classic KD: single prompt
+    # classic KD prompts; empty = the same prompt ensemble as SPL (``templates``)
+    kd_templates: tuple[str, ...] = ("a photo of a {}.",)
     logit_scale: float | None = None   # zero-shot logits = scale * cosine (None: teacher's own)
     cache_dir: str | None = None       # feature cache folder (None: no disk cache)
     # online: run the teacher on each augmented batch (else cached features of the
@@ -71,6 +82,12 @@ class SVSTemporalConfig:
     feature_weight: float = 1.0        # per-step pooled features
     membrane_weight: float = 1.0       # membrane potentials (v_seq)
     rate_weight: float = 1.0           # per-step spike rates
+    # "layer": one rate per LIF layer per step ([T]); "sample": per image ([T,B])
+    rate_granularity: str = "layer"
+
+    def __post_init__(self) -> None:
+        _check_choice("loss.svs_temporal.rate_granularity", self.rate_granularity,
+                      ("layer", "sample"))
 
 
 @dataclass(frozen=True)
@@ -104,7 +121,14 @@ class OptimConfig:
     weight_decay: float = 0.05
     warmup_epochs: float = 0.5
     min_lr_ratio: float = 0.01
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0             # max gradient norm (0 = no clipping)
+    # "global": clip the summed gradient; "per_term": clip each loss group's gradient (ce, kd,
+    # svs_align, svs_temporal, spl) to grad_clip before summing (one extra backward per group)
+    clip_mode: str = "global"
+    grad_norm_every: int = 0           # log |d term / d student| per term every N steps (0 = off)
+
+    def __post_init__(self) -> None:
+        _check_choice("optim.clip_mode", self.clip_mode, ("global", "per_term"))
     max_steps: int = 0                 # stop after N optimizer steps (0 = full schedule)
 
 
@@ -138,7 +162,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
                          f"known in {where or 'root'}: {sorted(fields)}")
     kwargs = {}
     for k, v in data.items():
-        t = hints[k]
+        t = _optional_dataclass(hints[k]) if isinstance(v, dict) else hints[k]
         if dataclasses.is_dataclass(t):
             kwargs[k] = _build(t, v, f"{where}{k}.")
         elif typing.get_origin(t) is tuple and isinstance(v, (list, tuple)):
@@ -150,6 +174,15 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+def _optional_dataclass(t: Any) -> Any:
+    """``X | None`` with X a dataclass -> X (a mapping builds it); anything else unchanged."""
+    if typing.get_origin(t) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(t) if a is not type(None)]
+        if len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
+            return inner[0]
+    return t
+
+
 def _set_dotted(tree: dict, key: str, value: Any) -> None:
     parts = key.split(".")
     node = tree
@@ -158,6 +191,14 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ValueError(f"--set {key}: {p} is not a section")
     node[parts[-1]] = value
+
+
+def apply_overrides(tree: dict, overrides: dict[str, Any] | None) -> dict:
+    """Deep copy of the nested ``tree`` with dotted ``overrides`` set (``{"a.b": 1}``)."""
+    out = copy.deepcopy(tree or {})
+    for k, v in (overrides or {}).items():
+        _set_dotted(out, k, v)
+    return out
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:

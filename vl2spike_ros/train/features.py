@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -69,3 +70,33 @@ def cached_features(teacher, data: ImageArray, cache_dir: str | Path | None,
         save_file({"features": feats.contiguous()}, str(tmp),
                   metadata={"teacher_id": teacher.teacher_id, "n": str(len(data))})
     return feats
+
+
+def cached_tensors(cache_dir: str | Path | None, key: str,
+                   compute: Callable[[], dict[str, torch.Tensor]],
+                   metadata: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """Named tensors ``compute()`` read from / written to ``cache_dir/<key>.safetensors``.
+
+    ``key`` must change whenever the result would (teacher id, data fingerprint, settings); no
+    ``cache_dir``: computed every time. A cache file that cannot be read is recomputed.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from vl2spike_ros.atomic import atomic_path
+
+    if cache_dir is None:
+        return compute()
+    path = Path(cache_dir) / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            out = load_file(str(path))
+            log.info("teacher features from cache %s", path)
+            return out
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            log.warning("cache %s unreadable (%s); recomputing", path, exc)
+    out = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in out.items()}, str(tmp),
+                  metadata=metadata or {})
+    return out

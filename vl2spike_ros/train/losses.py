@@ -105,6 +105,21 @@ def ramp_weight(progress_epochs: float, weight: float, warmup: float, ramp: floa
     return weight * min(1.0, (progress_epochs - warmup) / ramp)
 
 
+NORM_FLOOR = 0.1  # per-step feature norms are floored at this fraction of the batch's mean norm
+
+
+def floored_normalize(x: torch.Tensor) -> torch.Tensor:
+    """``x [...,D] / max(|x|, floor)`` with ``floor = NORM_FLOOR * mean |x|`` (detached).
+
+    Unlike ``F.normalize`` (floor 1e-12), an all-zero vector (a time step where no neuron of an
+    image fired yet: about a quarter of the step features of a fresh T=2 student) stays bounded
+    in the backward pass instead of getting a ~1e12 gradient.
+    """
+    n = x.norm(dim=-1, keepdim=True)
+    floor = (NORM_FLOOR * n.mean()).detach().clamp(min=1e-6)
+    return x / torch.maximum(n, floor)
+
+
 def _step_consistency(seq: torch.Tensor, target: str) -> torch.Tensor:
     """Mean squared deviation of each step of ``seq [T,...]`` from the detached target step."""
     if target == "mean":
@@ -119,9 +134,12 @@ def _step_consistency(seq: torch.Tensor, target: str) -> torch.Tensor:
 class SVSTemporalLoss(nn.Module):
     """SVS (b): temporal consistency across the ``T`` steps of one forward.
 
-    ``forward(step_features [T,B,D], v_seq {name: [T,B,...]}, step_rates {name: [T]},
+    ``forward(step_features [T,B,D], v_seq {name: [T,B,...]}, step_rates {name: [T] or [T,B]},
     progress_epochs)`` -> ``svs_temp_feat``, ``svs_temp_mem``, ``svs_temp_rate`` (ramped weight).
-    Features are L2-normalised per step; the target (temporal mean or final step) is detached.
+    Features are L2-normalised per step (norm floored, :func:`floored_normalize`); the target
+    (temporal mean or final step) is detached.
+    ``step_rates`` per layer (``[T]``, one number per layer and step: a weak, batch-wide
+    constraint) or per image (``[T,B]``, ``rate_granularity: sample``).
     """
 
     def __init__(self, cfg: SVSTemporalConfig):
@@ -137,7 +155,7 @@ class SVSTemporalLoss(nn.Module):
                 progress_epochs: float) -> dict[str, torch.Tensor]:
         c = self.cfg
         w = self.current_weight(progress_epochs)
-        feat = _step_consistency(F.normalize(step_features.float(), dim=-1), c.target)
+        feat = _step_consistency(floored_normalize(step_features.float()), c.target)
         zero = feat * 0.0
         mem = torch.stack([_step_consistency(v, c.target) for v in v_seq.values()]).mean() \
             if v_seq else zero

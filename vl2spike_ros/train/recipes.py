@@ -236,7 +236,9 @@ def _train_info(name, cfg, hist, seconds, train_frac, val_frac) -> dict:
 
 
 # The settings the shipped weights were trained with (vl2spike_ros/assets/vpr_default.md);
-# why these values: docs/VPR_TRAINING.md.
+# why these values: docs/VPR_TRAINING.md. The weight factory reads them from the recipes
+# config/vpr/{teacher,direct,control,distilled}.yaml; test_vpr_recipes.py checks that those
+# parse to exactly these values.
 TEACHER_CFG = TrainConfig(epochs=15)
 DIRECT_CFG = TrainConfig(epochs=6, lr=3e-3)
 DISTILL_CFG = TrainConfig(epochs=24, lr=1e-3, seed=1)  # control and distilled, warm-started

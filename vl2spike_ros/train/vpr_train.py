@@ -60,13 +60,20 @@ def augment(x: torch.Tensor, gen: torch.Generator, shift_px: float = 3.0) -> tor
 
 
 def info_nce(za: torch.Tensor, zp: torch.Tensor, pa: torch.Tensor, pp: torch.Tensor,
-             temperature: float, exclude_radius: int) -> torch.Tensor:
-    """Symmetric InfoNCE on L2-normalised ``[B, D]`` pairs; ``pa/pp`` place indices ``[B]``."""
-    logits = za @ zp.t() / temperature
-    near = (pa[:, None] - pp[None, :]).abs() <= exclude_radius
-    eye = torch.eye(len(za), dtype=torch.bool)
+             temperature: float, exclude_radius: float) -> torch.Tensor:
+    """Symmetric InfoNCE on L2-normalised ``[B, D]`` pairs.
+
+    ``pa/pp``: place indices ``[B]`` or positions ``[B, 2]``; in-batch pairs within
+    ``exclude_radius`` of each other (frames or metres) are not used as negatives.
+    """
+    logits = za.float() @ zp.float().t() / temperature
+    if pa.ndim == 2:
+        near = torch.cdist(pa.double(), pp.double()) <= exclude_radius
+    else:
+        near = (pa[:, None] - pp[None, :]).abs() <= exclude_radius
+    eye = torch.eye(len(za), dtype=torch.bool, device=za.device)
     logits = logits.masked_fill(near & ~eye, -1e4)
-    target = torch.arange(len(za))
+    target = torch.arange(len(za), device=za.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 

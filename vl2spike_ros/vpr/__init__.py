@@ -2,8 +2,8 @@
 
 Main names (imported lazily): ``PlaceDescriptor``, ``DescriptorSettings``,
 ``load_place_descriptor``, ``PlaceMap``, ``MapMismatchError``, ``MapFormatError``, ``match``,
-``topk``, ``sequence_scores``, ``SequenceMatcher``, ``recall_at_n``, ``pr_curve``, ``pr_auc``,
-``VPRPipeline``, ``MatchResult``, ``build_map``.
+``topk``, ``sequence_scores``, ``SequenceMatcher``, ``AcceptanceRule``, ``accept_batch``,
+``recall_at_n``, ``pr_curve``, ``pr_auc``, ``VPRPipeline``, ``MatchResult``, ``build_map``.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ _EXPORTS = {
     "PlaceDescriptor": "place", "DescriptorSettings": "place", "load_place_descriptor": "place",
     "PlaceMap": "placemap", "MapMismatchError": "placemap", "MapFormatError": "placemap",
     "match": "matching", "topk": "matching", "sequence_scores": "matching",
-    "SequenceMatcher": "matching",
+    "SequenceMatcher": "matching", "AcceptanceRule": "acceptance", "accept_batch": "acceptance",
     "recall_at_n": "evaluation", "pr_curve": "evaluation", "pr_auc": "evaluation",
     "evaluate_aligned": "evaluation",
     "VPRPipeline": "pipeline", "MatchResult": "pipeline", "build_map": "pipeline",

@@ -3,7 +3,8 @@
 - SAD on patch-normalised images (SeqSLAM's single-frame front end): grey, resize to
   ``size`` (W=64, H=32 by default), normalise each ``patch`` x ``patch`` block to zero mean and
   unit std, similarity = -mean absolute difference.
-- HOG global descriptor with 4x4-px cells (Dalal-Triggs layout, numpy), L2-normalised, cosine similarity.
+- HOG global descriptor with 4x4-px cells (Dalal-Triggs layout, numpy), L2-normalised, cosine
+  similarity.
 Both return descriptors ``[N, D]`` float32 and a similarity function ``(q, db) -> [Q, M]``.
 """
 from __future__ import annotations
@@ -46,8 +47,10 @@ def sad_similarity(q: np.ndarray, db: np.ndarray, chunk: int = 256) -> np.ndarra
 
 
 def _cell_histograms(g: np.ndarray, cell: int, bins: int) -> np.ndarray:
-    """Grey ``[N, h, w]`` -> orientation histograms ``[N, h/cell, w/cell, bins]`` (unsigned,
-    magnitude-weighted, linear interpolation between neighbouring bins)."""
+    """Grey ``[N, h, w]`` -> orientation histograms ``[N, h/cell, w/cell, bins]``.
+
+    Unsigned, magnitude-weighted, linear interpolation between neighbouring bins.
+    """
     gx = np.zeros_like(g)
     gy = np.zeros_like(g)
     gx[:, :, 1:-1] = g[:, :, 2:] - g[:, :, :-2]
@@ -67,8 +70,9 @@ def _cell_histograms(g: np.ndarray, cell: int, bins: int) -> np.ndarray:
     return hist
 
 
-def hog_descriptors(images: np.ndarray, size=(32, 64), cell: int = 4, bins: int = 9) -> np.ndarray:
-    """HOG (``cell`` px cells, 2x2-cell blocks, stride one cell, L2-Hys), L2-normalised ``[N, D]``."""
+def hog_descriptors(images: np.ndarray, size=(32, 64), cell: int = 4,
+                    bins: int = 9) -> np.ndarray:
+    """HOG (``cell`` px cells, 2x2-cell blocks, stride one cell, L2-Hys): ``[N, D]``, L2-normed."""
     g = to_grey(images, size)
     h, w = size
     if h % cell or w % cell:

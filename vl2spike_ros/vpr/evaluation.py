@@ -84,12 +84,32 @@ def recall_at_precision(curve: dict[str, np.ndarray], precision: float = 1.0) ->
     return float(100.0 * curve["recall"][ok].max()) if ok.any() else 0.0
 
 
+def acceptance_metrics(accepted: np.ndarray, correct: np.ndarray,
+                       has_positive: np.ndarray | None = None) -> dict:
+    """Precision and recall (percent) of the accepted best matches.
+
+    ``accepted``/``correct`` bool ``[Q]`` (best match accepted / correct). Precision = correct
+    accepted / accepted (None when nothing was accepted), recall = correct accepted / queries
+    with a true match.
+    """
+    acc = np.asarray(accepted, dtype=bool).reshape(-1)
+    ok = np.asarray(correct, dtype=bool).reshape(-1)
+    if len(acc) != len(ok):
+        raise ValueError(f"{len(acc)} acceptance flags but {len(ok)} correctness flags")
+    n_pos = len(ok) if has_positive is None else int(np.sum(has_positive))
+    tp, n_acc = int(np.sum(acc & ok)), int(np.sum(acc))
+    return {"accepted": n_acc, "correct_accepted": tp,
+            "precision": 100.0 * tp / n_acc if n_acc else None,
+            "recall": 100.0 * tp / n_pos if n_pos else None}
+
+
 def evaluate_ranked(scores: np.ndarray, correct: np.ndarray, ns=DEFAULT_NS,
                     has_positive: np.ndarray | None = None) -> dict:
     """Metrics from ranked results (scores/correct ``[Q, K]``, best first)."""
     curve = pr_curve(scores[:, 0], correct[:, 0], has_positive)
     rec = recall_at_n(correct, ns, has_positive)
     return {"recall": {f"r{n}": v for n, v in rec.items()}, "pr_auc": pr_auc(curve),
+            "recall_at_95p": recall_at_precision(curve, 0.95),
             "recall_at_100p": recall_at_precision(curve, 1.0), "n_queries": int(len(scores)),
             "_curve": curve}
 

@@ -14,6 +14,10 @@ names) are ignored when loading and removed by the next save. Saves hold an excl
 may be a symlink or a mount point).
 
 ``map.json`` is validated field by field (types, not truthiness) before anything is trusted;
+the optional ``geo_origin`` field ``{"lat": deg, "lon": deg, "alt": m}`` (WGS84, as
+``sensor_msgs/NavSatFix``) is the geodetic point that the places' east/north/up poses are
+measured from (:mod:`vl2spike_ros.io.poses`); maps without it load as before (``geo_origin``
+None).
 a map is matched to a model on ``variant, weights_hash, descriptor_dim, input_size`` and, when
 both sides record one, the model ``fingerprint`` (weights tensors + descriptor settings).
 """
@@ -23,6 +27,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -55,6 +60,8 @@ _FIELDS = {"format": str, "dim": int, "factory": str, "model": dict, "n_places":
 _MODEL_FIELDS = {"variant": str, "weights_hash": str, "descriptor_dim": int, "input_size": list,
                  FINGERPRINT: str}
 _TYPE_NAMES = {str: "a string", int: "an integer", dict: "an object", list: "a list"}
+GEO_ORIGIN = "geo_origin"
+_GEO_RANGES = {"lat": 90.0, "lon": 180.0, "alt": 1e7}  # |value| limits of the origin fields
 
 
 class MapMismatchError(ValueError):
@@ -143,6 +150,16 @@ class PlaceMap:
             raise ValueError(f"bad FAISS factory string {factory!r}: {exc}") from exc
         self._metas: list[dict] = []
         self._dense: np.ndarray | None = None
+        self.geo_origin: tuple[float, float, float] | None = None  # (lat, lon, alt)
+
+    def set_geo_origin(self, lat: float, lon: float, alt: float = 0.0) -> None:
+        """Record the geodetic origin (WGS84 degrees, metres) of the places' local poses."""
+        self.geo_origin = _geo_origin({"lat": float(lat), "lon": float(lon), "alt": float(alt)},
+                                      "geo origin")
+
+    def geo_origin_json(self) -> dict[str, float] | None:
+        """``{"lat", "lon", "alt"}`` of the geodetic origin as stored in map.json, or None."""
+        return None if self.geo_origin is None else dict(zip(_GEO_RANGES, self.geo_origin))
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -204,11 +221,13 @@ class PlaceMap:
             with atomic_path(idx) as tmp:
                 faiss.write_index(self.index, str(tmp))
             _fsync_dir(map_dir)
-            write_json_atomic(map_dir / META_FILE, {
-                "format": FORMAT, "dim": self.dim, "factory": self.factory,
-                "model": self.model_meta, "n_places": len(self), "index_file": name,
-                "index_crc32": _crc32(idx), "index_bytes": idx.stat().st_size,
-                "places": _to_columns(self._metas)})
+            meta = {"format": FORMAT, "dim": self.dim, "factory": self.factory,
+                    "model": self.model_meta, "n_places": len(self), "index_file": name,
+                    "index_crc32": _crc32(idx), "index_bytes": idx.stat().st_size,
+                    "places": _to_columns(self._metas)}
+            if self.geo_origin is not None:
+                meta[GEO_ORIGIN] = self.geo_origin_json()
+            write_json_atomic(map_dir / META_FILE, meta)
             _fsync_dir(map_dir)  # the commit point is durable from here on
             _remove_leftovers(map_dir, keep=name)
         log.info("saved %d places to %s", len(self), map_dir)
@@ -253,6 +272,7 @@ class PlaceMap:
         pm.dim, pm.model_meta, pm.factory = meta["dim"], meta["model"], meta["factory"]
         pm.index, pm._dense = index, None
         pm._metas = _from_columns(meta["places"], meta["n_places"], map_dir / META_FILE)
+        pm.geo_origin = meta.get(GEO_ORIGIN)
         return pm
 
 
@@ -356,7 +376,27 @@ def _check_meta(meta: Any, path: Path) -> dict:
     elif "index_file" in meta:
         raise MapFormatError(f"{path}: field 'index_file' is not part of format {FORMAT_V1}")
     _check_model_fields(meta["model"], path, meta["dim"])
+    if GEO_ORIGIN in meta:
+        meta[GEO_ORIGIN] = _geo_origin(meta[GEO_ORIGIN], path)
     return meta
+
+
+def _geo_origin(value: Any, where: Any) -> tuple[float, float, float]:
+    """Check a ``geo_origin`` object (exactly lat, lon, alt: finite numbers in range)."""
+    if not _typed(value, dict):
+        raise _type_error(where, GEO_ORIGIN, value, dict)
+    if set(value) != set(_GEO_RANGES):
+        raise MapFormatError(f"{where}: field {GEO_ORIGIN!r} must have exactly the keys lat, "
+                             f"lon, alt, got {', '.join(sorted(map(str, value))) or 'none'}")
+    out = []
+    for key, limit in _GEO_RANGES.items():
+        v = value[key]
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if not (number and math.isfinite(v) and abs(v) <= limit):
+            raise MapFormatError(f"{where}: field '{GEO_ORIGIN}.{key}' must be a number in "
+                                 f"[-{limit:g}, {limit:g}], got {json.dumps(v, default=str)}")
+        out.append(float(v))
+    return out[0], out[1], out[2]
 
 
 def _read_meta(map_dir: Path) -> dict:

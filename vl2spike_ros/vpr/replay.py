@@ -10,12 +10,13 @@ import numpy as np
 from tqdm import tqdm
 
 from vl2spike_ros.atomic import atomic_path
-from vl2spike_ros.vpr.evaluation import (correct_by_frames, correct_by_radius, evaluate_ranked,
-                                         has_positive_by_radius)
+from vl2spike_ros.vpr.evaluation import (acceptance_metrics, correct_by_frames, correct_by_radius,
+                                         evaluate_ranked, has_positive_by_radius)
 
 log = logging.getLogger(__name__)
 CSV_FIELDS = ("frame", "stamp_ns", "best_id", "best_score", "accepted", "top_ids", "top_scores",
-              "latency_ms", "firing_rate", "energy_mj")
+              "latency_ms", "firing_rate", "energy_mj", "margin", "confidence")
+GEO_FIELDS = ("lat", "lon", "alt")  # best place's WGS84 position, when the map has a geo origin
 
 
 def replay_frames(pipeline, frames: Iterable[tuple[int, np.ndarray]],
@@ -34,16 +35,20 @@ def replay_frames(pipeline, frames: Iterable[tuple[int, np.ndarray]],
                      "top_ids": [int(x) for x in r.ids],
                      "top_scores": [float(x) for x in r.scores],
                      "latency_ms": r.latency_ms, "firing_rate": r.firing_rate,
-                     "energy_mj": r.energy_mj})
+                     "energy_mj": r.energy_mj, "margin": r.margin, "confidence": r.confidence})
     if not rows:
         raise ValueError("no frames to replay")
     return rows
 
 
 def write_csv(rows: list[dict], path: str | Path) -> None:
-    """Write the matches CSV (lists joined with spaces) atomically."""
+    """Write the matches CSV (lists joined with spaces) atomically.
+
+    Rows with ``lat, lon, alt`` keys (a map with a geo origin) add those columns.
+    """
+    fields = CSV_FIELDS + (GEO_FIELDS if rows and "lat" in rows[0] else ())
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
         for r in rows:
             w.writerow({**r, "top_ids": " ".join(map(str, r["top_ids"])),
@@ -74,15 +79,22 @@ def place_positions(places: list[dict]) -> np.ndarray | None:
 def replay_metrics(rows: list[dict], place_xy: np.ndarray | None = None,
                    query_xy: np.ndarray | None = None, radius: float | None = None,
                    tolerance: int = 1) -> dict:
-    """Recall/PR from replay rows: metric radius if positions given, else frame i = place i."""
+    """Recall/PR from replay rows: metric radius if positions given, else frame i = place i.
+
+    ``acceptance``: precision and recall of the matches the pipeline accepted (as the node).
+    """
     ids = np.array([r["top_ids"] for r in rows])
     scores = np.array([r["top_scores"] for r in rows])
     ns = tuple(n for n in (1, 5, 10, 20) if n <= ids.shape[1])
     if radius is not None and place_xy is not None and query_xy is not None:
-        res = evaluate_ranked(scores, correct_by_radius(ids, query_xy, place_xy, radius), ns,
-                              has_positive_by_radius(query_xy, place_xy, radius))
-        res["ground_truth"] = f"radius {radius} m"
+        correct = correct_by_radius(ids, query_xy, place_xy, radius)
+        hp = has_positive_by_radius(query_xy, place_xy, radius)
+        truth = f"radius {radius} m"
     else:
-        res = evaluate_ranked(scores, correct_by_frames(ids, np.arange(len(rows)), tolerance), ns)
-        res["ground_truth"] = f"aligned, tolerance +-{tolerance} frames"
+        correct = correct_by_frames(ids, np.arange(len(rows)), tolerance)
+        hp, truth = None, f"aligned, tolerance +-{tolerance} frames"
+    res = evaluate_ranked(scores, correct, ns, hp)
+    res["ground_truth"] = truth
+    res["acceptance"] = acceptance_metrics(np.array([bool(r["accepted"]) for r in rows]),
+                                           correct[:, 0], hp)
     return res

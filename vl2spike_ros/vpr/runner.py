@@ -2,7 +2,9 @@
 
 Used by ``vl2spike eval`` and ``vl2spike bench vpr``. Ground truth: metric radius when both
 sides have positions and ``radius`` is given, else sequence alignment (query i = place
-``i``, +-``tolerance`` frames).
+``i``, +-``tolerance`` frames). The acceptance rule (:mod:`vl2spike_ros.vpr.acceptance`) is
+applied as the node applies it, the queries taken as one stream in order, and the precision and
+recall of the accepted matches are reported under ``acceptance``.
 """
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ from typing import Callable
 
 import numpy as np
 
+from vl2spike_ros.vpr.acceptance import AcceptanceRule, accept_batch
 from vl2spike_ros.vpr.baselines import BASELINES
-from vl2spike_ros.vpr.evaluation import (DEFAULT_NS, correct_by_frames, correct_by_radius,
-                                         evaluate_ranked, has_positive_by_radius)
+from vl2spike_ros.vpr.evaluation import (DEFAULT_NS, acceptance_metrics, correct_by_frames,
+                                         correct_by_radius, evaluate_ranked,
+                                         has_positive_by_radius)
 from vl2spike_ros.vpr.matching import sequence_scores, topk
 from vl2spike_ros.vpr.place import PlaceDescriptor
 from vl2spike_ros.vpr.placemap import PlaceMap
@@ -50,8 +54,8 @@ def baseline_method(name: str) -> Method:
     return Method(name, desc, sim, faiss_ok=name == "hog")
 
 
-def rank(method: Method, q: np.ndarray, db: np.ndarray, k: int,
-         seq_len: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def rank(method: Method, q: np.ndarray, db: np.ndarray, k: int, seq_len: int = 1,
+         velocities: tuple[float, ...] = (1.0,)) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (scores, ids) ``[Q, k]``; FAISS exact search when possible and ``seq_len == 1``."""
     if method.faiss_ok and seq_len == 1:
         pm = PlaceMap(db.shape[1], {"variant": method.name})
@@ -59,7 +63,7 @@ def rank(method: Method, q: np.ndarray, db: np.ndarray, k: int,
         return pm.search(q, min(k, len(db)))
     sim = method.similarity(q, db)
     if seq_len > 1:
-        sim = sequence_scores(sim, seq_len)
+        sim = sequence_scores(sim, seq_len, velocities)
     return topk(sim, k)
 
 
@@ -82,17 +86,28 @@ class GroundTruth:
         return self.radius is not None and self.db_xy is not None and self.q_xy is not None
 
 
+@dataclass(frozen=True)
+class MatchSettings:
+    """Sequence matching and acceptance of an evaluation (the node's matching parameters)."""
+
+    seq_len: int = 1
+    velocities: tuple[float, ...] = (1.0,)
+    rule: AcceptanceRule = AcceptanceRule()
+
+
 def evaluate_sets(method: Method, db_images: np.ndarray, q_images: np.ndarray,
-                  truth: GroundTruth = GroundTruth(), seq_len: int = 1, ns=DEFAULT_NS) -> dict:
-    """Metrics dict: ``recall {r1,r5,...}, pr_auc, recall_at_100p, queries_per_s, ...``.
+                  truth: GroundTruth = GroundTruth(), matching: MatchSettings = MatchSettings(),
+                  ns=DEFAULT_NS) -> dict:
+    """Metrics dict: ``recall {r1,r5,...}, pr_auc, recall_at_100p, acceptance, queries_per_s``.
 
     ``queries_per_s`` times query description + search (the database is built beforehand).
     """
+    seq_len, velocities = matching.seq_len, matching.velocities
     db = method.describe(db_images)
     method.describe(q_images[:1])  # warm-up: first-call overheads are not per-query cost
     t0 = time.perf_counter()
     q = method.describe(q_images)
-    scores, ids = rank(method, q, db, max(ns), seq_len)
+    scores, ids = rank(method, q, db, max(ns), seq_len, velocities)
     dt = time.perf_counter() - t0
     if truth.metric:
         correct = correct_by_radius(ids, truth.q_xy, truth.db_xy, truth.radius)
@@ -106,9 +121,13 @@ def evaluate_sets(method: Method, db_images: np.ndarray, q_images: np.ndarray,
         correct = correct_by_frames(ids, np.arange(len(q)), truth.tolerance)
         hp, gt = None, f"aligned, tolerance +-{truth.tolerance} frames"
     res = evaluate_ranked(scores, correct, ns, hp)
+    accepted, _ = accept_batch(method.similarity(q, db), ids[:, 0], scores[:, 0],
+                               matching.rule, velocities)
+    res["acceptance"] = {"rule": matching.rule.describe(),
+                         **acceptance_metrics(accepted, correct[:, 0], hp)}
     res.update({"queries_per_s": len(q) / max(dt, 1e-9), "n_db": int(len(db)),
                 "n_queries": int(len(q)), "ground_truth": gt, "seq_len": int(seq_len),
-                "method": method.name})
+                "sequence_velocities": list(velocities), "method": method.name})
     if method.energy_mj is not None:
         res["energy_mj_per_query"] = method.energy_mj
     return res

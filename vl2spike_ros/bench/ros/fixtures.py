@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vl2spike_ros.ros.params import NODE_NAME, SPEC_BY_NAME
+from vl2spike_ros.ros.params import PARAMS_FILE_KEY, SPEC_BY_NAME
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,12 @@ def build_map(weights: str | Path, frames: np.ndarray, map_dir: str | Path,
 
 
 def write_params_file(path: str | Path, values: Mapping[str, Any],
-                      node_name: str = NODE_NAME) -> Path:
-    """ROS 2 params file ``{node_name: {ros__parameters: values}}`` (names are checked)."""
+                      node_key: str = PARAMS_FILE_KEY) -> Path:
+    """Write a ROS 2 params file ``{node_key: {ros__parameters: values}}``; names are checked.
+
+    Keyed ``/**/vpr_node`` by default, like ``config/vpr_node.yaml``: it applies to the node in
+    any namespace.
+    """
     import yaml
 
     unknown = set(values) - set(SPEC_BY_NAME)
@@ -84,5 +88,5 @@ def write_params_file(path: str | Path, values: Mapping[str, Any],
         raise ValueError(f"unknown vpr_node parameter(s): {sorted(unknown)}")
     clean = {k: (float(v) if SPEC_BY_NAME[k].type == "double" else v) for k, v in values.items()}
     path = Path(path)
-    path.write_text(yaml.safe_dump({node_name: {"ros__parameters": clean}}, sort_keys=False))
+    path.write_text(yaml.safe_dump({node_key: {"ros__parameters": clean}}, sort_keys=False))
     return path
