@@ -7,7 +7,7 @@ DURATION ?= 60
 RATE ?= 30
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test demo weights bench-speed bench-energy bench-distill bench-distill-fair bench-vpr bench-vprtempo bench-node bench-map colcon-check clean
+.PHONY: setup test demo weights bench-speed bench-energy bench-distill bench-distill-fair bench-vpr bench-vprtempo bench-node bench-map bench-accept colcon-check clean
 
 setup: $(STAMP)
 
@@ -62,6 +62,10 @@ bench-vprtempo: $(VT_VENV)/.setup-stamp
 
 bench-map: setup
 	$(VENV)/bin/vl2spike bench map --json bench/results/map_search.json
+
+# acceptance margin + calibration table of the default weights, chosen on validation places
+bench-accept: setup
+	$(VENV)/bin/vl2spike bench accept --json bench/results/acceptance.json
 
 bench-node: setup
 	$(PY) -m vl2spike_ros.bench.ros.load --duration $(DURATION) --rate $(RATE) --json bench/results/node_load.json

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vl2spike_ros.bench import generalisation as gen
-from vl2spike_ros.bench.energy import place_projection_count, spiking_hw_energy
+from vl2spike_ros.bench.energy_report import place_projection_count, spiking_hw_energy
 from vl2spike_ros.energy import E_AC_PJ, E_MAC_PJ, rate_projection_count, student_energy
 from vl2spike_ros.models import calibrate_bn, create_model
 from vl2spike_ros.vpr.descriptors import preprocess

@@ -64,7 +64,12 @@ def test_replay_threshold_default_is_the_nodes_match_threshold(capsys):
     with pytest.raises(SystemExit):
         main(["replay", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert re.search(r"--threshold THRESHOLD .*\(default: 0\.5\)", text), text
+    default = re.escape(str(DEFAULT_MATCH_THRESHOLD))
+    assert re.search(rf"--threshold THRESHOLD .*\(default: {default}\)", text), text
+    for cmd in ("vl2spike replay", "vl2spike eval"):  # the acceptance margin: the node's too
+        parser = dict(_walk(build_parser()))[cmd]
+        margin = next(a for a in parser._actions if "--margin" in a.option_strings)
+        assert margin.default == SPEC_BY_NAME["match_margin"].default
 
 
 def test_existing_bag_error_names_the_cli_flag(tmp_path, capsys):

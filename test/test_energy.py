@@ -101,7 +101,7 @@ def test_teacher_macs_include_attention():
 
 
 def test_resolve_student_rejects_wrong_variant(tmp_path):
-    from vl2spike_ros.bench.energy import resolve_student
+    from vl2spike_ros.bench.energy_report import resolve_student
     from vl2spike_ros.models import save_model
 
     path = save_model(create_model("spikformer_vpr"), tmp_path / "w.safetensors")

@@ -7,7 +7,7 @@ from vl2spike_ros.vpr.matching import (SequenceMatcher, parse_velocities, sequen
 
 
 def _constant_velocity_reference(sim: np.ndarray, length: int) -> np.ndarray:
-    """The velocity-1 algorithm as it was before velocities existed (diagonal mean)."""
+    """Compute the velocity-1 scores as before velocities existed (diagonal mean)."""
     sim = np.asarray(sim, dtype=np.float32)
     acc, cnt = sim.copy(), np.ones(sim.shape, dtype=np.float32)
     for lag in range(1, min(length, *sim.shape)):

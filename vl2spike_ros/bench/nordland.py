@@ -103,7 +103,7 @@ def model_energy(place, images: np.ndarray, n: int = 32) -> dict:
     (``..._spiking_hw``, see :func:`~vl2spike_ros.energy.counting.rate_projection_count`).
     """
     from vl2spike_ros import energy as en
-    from vl2spike_ros.bench.energy import place_projection_count, spiking_hw_energy
+    from vl2spike_ros.bench.energy_report import place_projection_count, spiking_hw_energy
 
     x = place.preprocess(images[:n])
     if place.is_spiking:   # counted through what matching uses: head + whitening

@@ -110,7 +110,9 @@ def to_markdown(res: dict) -> str:
         lines.append(f"| {text} | " + " | ".join(cells) + " |")
     secs = ", ".join(f"{s}: {res['sets'][s]['label_free']['train_seconds']:.0f} s "
                      f"({res['sets'][s]['ref_frames']} frames)" for s in sets)
-    lines += ["", f"Training time (label-free run, teacher pass included): {secs}.", ""]
+    lines += ["", f"Training time (label-free run, teacher pass included): {secs}; wall clock "
+              "on a shared 2-core machine, so it varies with the other jobs (the same run took "
+              "64 to 335 s here).", ""]
     return "\n".join(lines)
 
 

@@ -173,7 +173,7 @@ def run_speed(variants: list[str], weights: str | None = None, clip_arch: str = 
     import torch
     from tqdm import tqdm
 
-    from vl2spike_ros.bench.energy import ClipImageTower, student_input, teacher_input
+    from vl2spike_ros.bench.energy_report import ClipImageTower, student_input, teacher_input
 
     if not variants:
         raise ValueError("no student variants given")

@@ -5,5 +5,5 @@ from vl2spike_ros.bench import energy
 
 
 def register(subparsers) -> None:
-    """Add ``vl2spike energy`` (the report lives in :mod:`vl2spike_ros.bench.energy`)."""
+    """Add ``vl2spike energy`` (the report lives in :mod:`vl2spike_ros.bench.energy_report`)."""
     energy.add_parser(subparsers)

@@ -20,7 +20,6 @@ import contextlib
 import logging
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 import torch.nn as nn
 from spikingjelly.activation_based import monitor, neuron
@@ -72,7 +71,7 @@ def _sum(x: torch.Tensor) -> int:
 
 
 def _conv_count_sops(args: tuple) -> int:
-    """SOPs of a convolution driven by a spike-count tensor: sum over inputs of count x fan-out."""
+    """Count the SOPs of a convolution driven by spike counts (sum of count x fan-out)."""
     x, w, _, stride, padding, dilation, _, _, groups = args[:9]
     with torch.no_grad():
         ones = torch.ones((groups, w.shape[1], *w.shape[2:]), dtype=torch.float64, device=x.device)
@@ -82,9 +81,12 @@ def _conv_count_sops(args: tuple) -> int:
 
 
 def _mm_count_sops(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> int | None:
-    """(Batched) matmul ``x @ y`` where a spike-count operand meets real weights (count x
-    fan-out) or another count tensor; None = spikingjelly's own rule applies (binary spikes,
-    including binary x count, where the binary operand is the spike train)."""
+    """Count the SOPs of a (batched) matmul ``x @ y`` with a spike-count operand.
+
+    A count operand meeting real weights costs count x fan-out, two count tensors the sum of the
+    output; None means spikingjelly's own rule applies (binary spikes, including binary x count,
+    where the binary operand is the spike train).
+    """
     kx, ky = _kind(x), _kind(y)
     if {kx, ky} == {"count"}:
         return _sum(out)
@@ -96,8 +98,11 @@ def _mm_count_sops(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> int |
 
 
 def spike_count_rules() -> tuple[dict, dict]:
-    """Extra rules ``(synop_rules, mac_rules)`` extending spikingjelly's counters to integer
-    spike-count inputs (counted as SOPs, not MACs). Binary/real cases use spikingjelly's rules."""
+    """Return extra rules ``(synop_rules, mac_rules)`` for spikingjelly's counters.
+
+    They extend the counters to integer spike-count inputs (counted as SOPs, not MACs);
+    binary/real cases use spikingjelly's rules.
+    """
     base_syn, base_mac = SynOpCounter().rules, MACCounter().rules
     syn: dict[Any, Callable] = {}
     mac: dict[Any, Callable] = {}
@@ -153,7 +158,7 @@ def _mha_fastpath_off() -> Iterator[None]:
 
 
 def _top_scopes(counter, exclude: tuple[str, ...] = ("Global",)) -> dict[str, int]:
-    """Counts per top-level module scope (spikingjelly names scopes by module class/path)."""
+    """Sum counts per top-level module scope (spikingjelly names scopes by module class/path)."""
     out = {}
     for scope, recs in counter.get_counts().items():
         if scope not in exclude and scope.count(".") <= 1:
@@ -223,8 +228,11 @@ def student_energy(model: nn.Module, images: torch.Tensor,
 @torch.no_grad()
 def teacher_energy(module: nn.Module | Callable[[torch.Tensor], Any],
                    images: torch.Tensor) -> dict:
-    """Per-image dense energy of a teacher (ANN) on ``images`` (all MACs: convs, matmuls,
-    attention). ``module`` is an ``nn.Module`` or callable taking the image batch."""
+    """Measure the per-image dense energy of a teacher (ANN) on ``images``.
+
+    All MACs count (convs, matmuls, attention). ``module`` is an ``nn.Module`` or a callable
+    taking the image batch.
+    """
     _, mac_rules = spike_count_rules()
     mac = MACCounter(extra_rules=mac_rules)
     was = getattr(module, "training", None)

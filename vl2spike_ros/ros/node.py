@@ -417,7 +417,8 @@ class VPRNode(LifecycleNode):
             level, text = 1, f"{state}; {self._no_frame_text}"
         elif self.stats.bad_recently():  # clears BAD_FRAME_WARN_S after the last bad frame
             level = 1
-            text = f"{state}; bad frames: {vals['bad_frames']} (last: {self.stats.last_bad_reason})"
+            text = (f"{state}; bad frames: {vals['bad_frames']} "
+                    f"(last: {self.stats.last_bad_reason})")
         vals["state"] = state
         msg = M.make_diagnostics(self.get_clock().now().to_msg(),
                                  f"{self.get_name()}: place recognition",
