@@ -23,13 +23,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from vl2spike_ros.data.routes import BAGS, Route
 from vl2spike_ros.train import checkpoint
 from vl2spike_ros.train.metrics_log import MetricsLog
 from vl2spike_ros.train.route_teacher import TeacherTargets
-from vl2spike_ros.train.vpr_train import TrainConfig, augment, info_nce
+from vl2spike_ros.train.vpr_train import TrainConfig, augment, info_nce, optimise_epoch
 
 log = logging.getLogger(__name__)
 
@@ -158,18 +157,14 @@ def fit(trainee: Trainee, sampler: RouteSampler, cfg: TrainConfig,
         for epoch in range(start, cfg.epochs):
             gen = torch.Generator().manual_seed((cfg.seed * 1000 + epoch) * ctx.world + ctx.rank)
             trainee.train()
-            t0, sums = time.time(), {}
-            bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                       mininterval=5, disable=None if (ctx.progress and ctx.rank == 0) else True)
-            for _ in bar:
+            t0 = time.time()
+
+            def step_terms() -> dict:
                 with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
-                    terms = runner(*sampler.sample(gen, ctx.device))
-                opt.zero_grad(set_to_none=True)
-                terms["total"].backward()
-                opt.step()
-                sched.step()
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / steps
+                    return runner(*sampler.sample(gen, ctx.device))
+
+            sums = optimise_epoch(step_terms, opt, sched, steps, f"epoch {epoch + 1}/{cfg.epochs}",
+                                  show=ctx.progress and ctx.rank == 0)
             rec = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 2), **sums,
                    "lr": sched.get_last_lr()[0]}
             if ctx.val_fn is not None and ctx.rank == 0:

@@ -142,6 +142,26 @@ def _save(ckpt: Path, model: nn.Module, opt, sched, history: list[dict], cfg: Tr
     checkpoint.save_checkpoint(ckpt, net, aux, opt, sched, info)
 
 
+def optimise_epoch(step_terms: Callable[[], dict], opt: torch.optim.Optimizer, sched,
+                   steps: int, desc: str, show: bool = True) -> dict[str, float]:
+    """Run ``steps`` optimiser steps of ``step_terms() -> {name: loss tensor, "total": ...}``.
+
+    Shared by every VPR training loop; returns the mean of each named term over the epoch.
+    The progress bar shows only on a terminal (and only when ``show``).
+    """
+    sums: dict[str, float] = {}
+    for _ in tqdm(range(steps), desc=desc, leave=False, mininterval=5,
+                  disable=None if show else True):
+        terms = step_terms()
+        opt.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        opt.step()
+        sched.step()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach()) / steps
+    return sums
+
+
 def train_descriptor(model: torch.nn.Module, trav_a: torch.Tensor, trav_b: torch.Tensor,
                      cfg: TrainConfig, ckpt: str | Path | None = None,
                      loss_fn: LossFn | None = None,
@@ -166,16 +186,9 @@ def train_descriptor(model: torch.nn.Module, trav_a: torch.Tensor, trav_b: torch
     for epoch in range(start, cfg.epochs):
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         model.train()
-        t0, sums = time.time(), {}
-        for _ in tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                      mininterval=5, disable=None):
-            terms = loss_fn(model, *sample_batch(trav_a, trav_b, n, cfg, gen))
-            opt.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            opt.step()
-            sched.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) / steps
+        t0 = time.time()
+        sums = optimise_epoch(lambda: loss_fn(model, *sample_batch(trav_a, trav_b, n, cfg, gen)),
+                              opt, sched, steps, f"epoch {epoch + 1}/{cfg.epochs}")
         rec = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 2), **sums}
         if val_fn is not None:
             rec.update(val_fn(model))
