@@ -7,7 +7,7 @@ DURATION ?= 60
 RATE ?= 30
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test demo weights bench-speed bench-energy bench-distill bench-distill-fair bench-vpr bench-vprtempo bench-node bench-map bench-accept colcon-check clean
+.PHONY: setup test demo weights bench-speed bench-energy bench-distill bench-distill-fair bench-vpr bench-vprtempo bench-node bench-map bench-accept model-card colcon-check clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ demo: setup
 weights: setup
 	$(VENV)/bin/vl2spike vpr train all
 	$(VENV)/bin/vl2spike bench vpr --json bench/results/vpr_nordland.json --model-card vl2spike_ros/assets/vpr_default.md
+
+# Rewrite the model card from the committed results (bench-vpr + energy JSON), no benchmark run.
+model-card: setup
+	$(VENV)/bin/vl2spike bench vpr --model-card vl2spike_ros/assets/vpr_default.md --from-json bench/results/vpr_nordland.json
 
 bench-speed: setup
 	$(VENV)/bin/vl2spike bench speed --json bench/results/speed.json

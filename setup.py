@@ -10,7 +10,6 @@ setup(
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*"]),
     package_data={PACKAGE: ["assets/*", "assets/**/*"]},
-    include_package_data=True,
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -28,7 +27,6 @@ setup(
     maintainer_email="maintainers@vl2spike-ros.invalid",
     description="Spikformer place recognition for ROS 2, distilled from a vision-language model.",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "vl2spike = vl2spike_ros.cli:main",

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vl2spike_ros.bench.results_plot import plot_acceptance, png_path, replot
 from vl2spike_ros.vpr.acceptance import (CALIBRATION_FILE, TARGET_PRECISION, AcceptanceRule,
                                          Calibration, accept_batch)
 from vl2spike_ros.vpr.matching import (DEFAULT_MATCH_THRESHOLD, parse_velocities, sequence_scores,
@@ -48,13 +49,16 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "accept", help="choose the acceptance margin on Nordland validation places; check it "
                        "on the held-out segment, cross-domain sets and maps built at a stride")
-    p.add_argument("--json", default=str(RESULTS), metavar="PATH", help="results JSON")
+    p.add_argument("--json", default=str(RESULTS), metavar="PATH",
+                   help="results JSON (+ .png plot next to it)")
     p.add_argument("--weights", default=None, help="VPR weights (default: packaged default)")
     p.add_argument("--data-root", default=None, help="folder holding nordland/ (default: paths)")
     p.add_argument("--calibration", default=None, metavar="PATH",
                    help="write the calibration table here (default: the packaged "
                         f"{CALIBRATION_FILE.name} when the weights are the packaged default)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--plot-only", action="store_true",
+                   help="only redraw the PNG from the existing --json (measures nothing)")
     p.set_defaults(func=_handler)
 
 
@@ -267,11 +271,15 @@ def _handler(ns) -> int:
     from vl2spike_ros.paths import data_root, nordland_root
     from vl2spike_ros.vpr.place import load_place_descriptor
 
+    if ns.plot_only:
+        print(replot("accept", ns.json))
+        return 0
     torch.set_num_threads(ns.threads)
     root = nordland_root(Path(ns.data_root) / "nordland" if ns.data_root else None)
     place = load_place_descriptor(ns.weights)
     res, cal = run_bench(place, root, Path(ns.data_root) if ns.data_root else data_root(False))
     write_json_atomic(ns.json, res)
+    plot_acceptance(res, png_path(ns.json))
     target = ns.calibration or (CALIBRATION_FILE if ns.weights is None else None)
     if target is not None:
         write_json_atomic(target, cal.to_json())

@@ -8,7 +8,8 @@ gardens_point, 0 for essex3in1). The query frames are never trained on nor used 
 Reported next to it: the packaged default, the teacher CNN, and the default with only the
 PCA-whitening refitted (0 epochs: what the post-processing alone does).
 
-Regenerate: ``nice -n 10 .venv/bin/vl2spike bench own_route`` (about 10 minutes on 1 thread).
+Regenerate: ``nice -n 10 .venv/bin/vl2spike bench own_route`` (about 10 minutes on 1 thread);
+``--plot-only`` redraws ``own_route.png`` from the JSON.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from vl2spike_ros.atomic import write_json_atomic
+from vl2spike_ros.bench.results_plot import plot_own_route, png_path, replot
 from vl2spike_ros.data.datasets import list_images
 from vl2spike_ros.data.sources import load_source
 from vl2spike_ros.models import default_vpr_weights
@@ -43,10 +45,12 @@ def register(subparsers) -> None:
                                                 "reference frames of other environments")
     p.add_argument("--work", default="out/own_route", help="training outputs go here")
     p.add_argument("--teacher", default=str(TEACHER), help="place CNN teacher weights")
-    p.add_argument("--json", default=str(OUT_JSON), help="results JSON (+ .md next to it)")
+    p.add_argument("--json", default=str(OUT_JSON), help="results JSON (+ .md, .png next to it)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field (repeatable)")
+    p.add_argument("--plot-only", action="store_true",
+                   help="only redraw the PNG from the existing --json (measures nothing)")
     p.set_defaults(func=_run)
 
 
@@ -119,11 +123,15 @@ def to_markdown(res: dict) -> str:
 def _run(ns) -> int:
     from vl2spike_ros.train.config import parse_overrides
 
+    if ns.plot_only:
+        print(replot("own_route", ns.json))
+        return 0
     torch.set_num_threads(ns.threads)
     res = measure(data_root(), Path(ns.work), ns.teacher, ns.threads,
                   parse_overrides(ns.overrides))
     out = Path(ns.json)
     write_json_atomic(out, res)
     out.with_suffix(".md").write_text(to_markdown(res))
+    plot_own_route(res, png_path(out))
     print(to_markdown(res))
     return 0

@@ -45,6 +45,9 @@ def register(subparsers) -> None:
                    help="evaluate the learned models without their fitted whitening (ablation)")
     p.add_argument("--model-card", default=None, metavar="MD",
                    help="also write a model card for the vl2spike weights here")
+    p.add_argument("--from-json", default=None, metavar="JSON",
+                   help="with --model-card: write the card from these saved results (and "
+                        "bench/results/energy.json) without running the benchmark")
     p.add_argument("--crossdomain-root", default=None, metavar="DIR",
                    help="folder with the crossdomain sets (default: <data root>/vpr_crossdomain)")
     p.add_argument("--no-crossdomain", action="store_true",
@@ -244,6 +247,14 @@ def _handler(ns) -> int:
     from vl2spike_ros.data.datasets import load_nordland
     from vl2spike_ros.paths import nordland_root
 
+    if ns.from_json:
+        if not ns.model_card:
+            raise SystemExit("vl2spike bench vpr: --from-json only writes the model card; "
+                             "give --model-card MD")
+        from vl2spike_ros.bench.model_card import card_from_json
+        card_from_json(ns.model_card, ns.from_json)
+        print(f"wrote {ns.model_card}")
+        return 0
     if ns.no_whitening and ns.model_card:
         raise SystemExit("vl2spike bench vpr: --model-card describes the weights as shipped; "
                          "do not combine it with --no-whitening")

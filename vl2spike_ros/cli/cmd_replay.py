@@ -161,10 +161,11 @@ def _handler(ns) -> int:
     if ns.json:
         write_json_atomic(ns.json, out)
     lat = out["latency_ms"]
-    msg = (f"{out['frames']} frames: latency mean {lat['mean']:.2f} ms p95 {lat['p95']:.2f} ms, "
-           f"{out['accepted']} accepted")
-    if "metrics" in out:
-        msg += (f", R@1 {out['metrics']['recall']['r1']:.2f}% ({out['metrics']['ground_truth']}); "
+    msg = f"{out['frames']} frames: latency mean {lat['mean']:.2f} ms p95 {lat['p95']:.2f} ms, "
+    if "metrics" in out:   # the acceptance summary names the accepted count
+        msg += (f"R@1 {out['metrics']['recall']['r1']:.2f}% ({out['metrics']['ground_truth']}); "
                 + acceptance_summary(out["metrics"]["acceptance"]))
+    else:
+        msg += f"{out['accepted']} accepted"
     print(msg)
     return 0
