@@ -13,7 +13,7 @@ from vl2spike_ros.data.routes import (BAGS, FOLDERS, UNLABELED, RouteOptions, lo
                                       resolve_kind)
 from vl2spike_ros.train import recipes as R
 from vl2spike_ros.train.metrics_log import MetricsLog
-from vl2spike_ros.train.vpr_all import factory_recipes, student_recipe
+from vl2spike_ros.train.vpr_all import factory_recipes, main_train, seed_variant, student_recipe
 from vl2spike_ros.train.vpr_config import VPR_CONFIG_DIR, load_recipe
 from vl2spike_ros.train.vpr_train import info_nce
 from vl2spike_ros.train.whiten import fit_pca_whitening
@@ -40,6 +40,21 @@ def test_factory_yaml_recipes_are_exactly_the_shipped_settings():
         assert rec[k].model.descriptor == R.STUDENT_DESCRIPTOR
         assert (rec[k].data.train_frac, rec[k].data.val_frac) == (
             R.NORDLAND_TRAIN_FRACTION, R.VAL_FRACTION)
+
+
+def test_another_seed_of_an_arm_gets_its_own_seed_checkpoint_and_file(tmp_path):
+    rec = factory_recipes(tmp_path, tmp_path / "teacher.safetensors")["control"]
+    out = tmp_path / "vpr_spikformer_direct_continued.safetensors"
+    assert seed_variant(rec, out, None) == (rec, out)
+    assert seed_variant(rec, out, rec.optim.seed) == (rec, out)
+    r2, out2 = seed_variant(rec, out, 2)
+    assert r2.optim.seed == 2 and r2.model.name == "spikformer_continued_seed2"
+    assert out2.name == "vpr_spikformer_direct_continued_seed2.safetensors"
+    assert student_recipe(r2).name == "spikformer_continued_seed2"   # its own checkpoint
+    assert {k: v for k, v in vars(r2.optim).items() if k != "seed"} == \
+        {k: v for k, v in vars(rec.optim).items() if k != "seed"}
+    with pytest.raises(ValueError, match="control or distilled"):
+        main_train(tmp_path, tmp_path, None, None, str(tmp_path), "direct", seed=2)
 
 
 def test_every_shipped_recipe_parses():

@@ -45,6 +45,9 @@ def register(subparsers) -> None:
                    help="per-epoch checkpoints (training resumes from here)")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     t.add_argument("--json", default=None, metavar="PATH", help="training summary JSON")
+    t.add_argument("--seed", type=int, default=None,
+                   help="control / distilled: train another training seed of that arm, written "
+                        "next to it as <name>_seed<k>.safetensors (bench vpr pairs the seeds)")
     t.set_defaults(func=_train)
     w = sub.add_parser("whiten", help="fit a learned whitening for trained VPR weights on the "
                                       "Nordland training places and store it in the weights file")
@@ -95,7 +98,7 @@ def _train(ns) -> int:
     from vl2spike_ros.train.vpr_all import main_train
 
     out = main_train(root, Path(ns.weights_dir), ns.out, ns.teacher, ns.ckpt_dir,
-                     ns.what or "all")
+                     ns.what or "all", ns.seed)
     for k, v in out.items():
         if k == "default":
             print(f"default weights: {v['chosen']} (validation R@1 {v['val_r1']})")

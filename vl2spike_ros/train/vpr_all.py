@@ -7,6 +7,7 @@ through the Nordland training code of :mod:`vl2spike_ros.train.recipes`.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from vl2spike_ros.models import default_vpr_weights
@@ -42,6 +43,21 @@ def factory_recipes(wdir: Path, teacher: Path) -> dict[str, VPRRecipe]:
     return {k: fill_paths(factory_recipe(k), places) for k in FACTORY_STEPS}
 
 
+def seed_variant(recipe: VPRRecipe, out: Path, seed: int | None) -> tuple[VPRRecipe, Path]:
+    """Return the recipe and weights path of another training seed of a student arm.
+
+    ``seed=None`` (or the recipe's own seed): unchanged. Otherwise ``optim.seed`` is replaced, the
+    checkpoint name and the weights file get a ``_seed<k>`` suffix (``vl2spike bench vpr`` pairs
+    such files by seed).
+    """
+    if seed is None or seed == recipe.optim.seed:
+        return recipe, out
+    name = f"{recipe.model.name or out.stem}_seed{seed}"
+    recipe = dataclasses.replace(recipe, optim=dataclasses.replace(recipe.optim, seed=seed),
+                                 model=dataclasses.replace(recipe.model, name=name))
+    return recipe, out.with_name(f"{out.stem}_seed{seed}{out.suffix}")
+
+
 def _student(root, out: Path, recipe: VPRRecipe, ckpt_dir: str) -> dict:
     info = train_student(root, out, recipe.optim, ckpt_dir, student_recipe(recipe))
     info["whitening"] = whiten_weights(out, root, descriptor=recipe.model.descriptor)
@@ -49,8 +65,14 @@ def _student(root, out: Path, recipe: VPRRecipe, ckpt_dir: str) -> dict:
 
 
 def main_train(root: Path, wdir: Path, out_path: str | None, teacher_path: str | None,
-               ckpt_dir: str, what: str = "all") -> dict:
-    """Train the requested models with the shipped recipes; returns their training summaries."""
+               ckpt_dir: str, what: str = "all", seed: int | None = None) -> dict:
+    """Train the requested models with the shipped recipes; returns their training summaries.
+
+    ``seed`` (control / distilled only): train another seed of that arm next to the shipped one.
+    """
+    if seed is not None and what not in ("control", "distilled"):
+        raise ValueError("--seed trains another seed of one student arm: "
+                         "give control or distilled")
     teacher = Path(teacher_path) if teacher_path else wdir / "vpr_teacher_cnn.safetensors"
     direct = wdir / "vpr_spikformer_direct.safetensors"
     control = wdir / "vpr_spikformer_direct_continued.safetensors"
@@ -71,9 +93,11 @@ def main_train(root: Path, wdir: Path, out_path: str | None, teacher_path: str |
         if not need.is_file():
             raise FileNotFoundError(f"{need} missing: train it first (vl2spike vpr train {step})")
     if what in ("all", "control"):
-        out["spikformer_continued"] = _student(root, control, rec["control"], ckpt_dir)
+        r, path = seed_variant(rec["control"], control, seed)
+        out["spikformer_continued"] = _student(root, path, r, ckpt_dir)
     if what in ("all", "distilled"):
-        out["vl2spike"] = _student(root, distilled, rec["distilled"], ckpt_dir)
+        r, path = seed_variant(rec["distilled"], distilled, seed)
+        out["vl2spike"] = _student(root, path, r, ckpt_dir)
     if what in ("all", "select"):
         out["default"] = select_default({"spikformer_continued": control, "vl2spike": distilled},
                                         Path(out_path) if out_path else default_vpr_weights())
