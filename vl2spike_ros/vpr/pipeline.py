@@ -186,10 +186,9 @@ class VPRPipeline:
     def _match(self, desc: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, float]:
         """(scores ``[k]``, ids ``[k]``, accepted, evidence margin) for one descriptor."""
         row, ev, seq_row = self._rows(desc)
-        if seq_row is None:
-            s, i = self.map.search(desc, self.top_k)
-        else:
-            s, i = topk(seq_row[None], self.top_k)
+        # The dense row is computed for the acceptance evidence anyway: rank it rather than
+        # search the index a second time (exact, also for HNSW maps).
+        s, i = topk((row if seq_row is None else seq_row)[None], self.top_k)
         scores, ids = s[0], i[0]
         best = (int(ids[0]), float(scores[0])) if len(ids) else (-1, float("-inf"))
         warm = len(self.evidence) >= self.rule.evidence_length
