@@ -85,6 +85,10 @@ def test_bench_json_keeps_old_fields_and_adds_paired_cis(tmp_path):
     assert data["budget"]["fixed_subset"] and data["budget"]["kd_prompts_same_as_spl"]
     md = out.with_suffix(".md").read_text()
     assert "95 % CI" in md and "+1.00 [+1.00, +1.00] *" in md
+    # a resumed invocation reads finished runs back: the runs' own time is reported beside it
+    runs_s = sum(sum(data["arms"][a]["run_wall_s"]) for a in arms)
+    assert runs_s > 0 and data["runs_wall_s_total"] == pytest.approx(runs_s, abs=0.1)
+    assert "own wall time summed" in md
     assert out.with_suffix(".png").stat().st_size > 0
 
 

@@ -140,6 +140,11 @@ def _log_done(fut, label: str, key: str) -> None:
              m.get("run_wall_s", 0.0))
 
 
+CHOSEN_ON = ("the validation split (data.val_fraction of the CIFAR-10 training images, carved off "
+             "before the training subset; disjoint from it and from the test split); "
+             "the test split chose nothing")
+
+
 def _select(spec: dict, base: dict, runner: _Runner) -> tuple[dict[str, dict], list[dict]]:
     """Run the ``select`` groups in order; returns (arm -> chosen overrides, records)."""
     chosen: dict[str, dict] = {a: {} for a in spec["arms"]}
@@ -155,6 +160,7 @@ def _select(spec: dict, base: dict, runner: _Runner) -> tuple[dict[str, dict], l
         for a in grp.get("applies_to") or list(spec["arms"]):
             chosen[a].update(grp["candidates"][winner] or {})
         records.append({"name": grp["name"], "arm": arm, "seed": seed, "val_top1": val,
+                        "chosen_on": CHOSEN_ON,
                         "winner": winner, "overrides": grp["candidates"][winner],
                         "applies_to": grp.get("applies_to") or list(spec["arms"])})
         log.info("select %s: %s -> %s", grp["name"], val, winner)

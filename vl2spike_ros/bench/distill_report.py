@@ -170,7 +170,10 @@ def _budget_lines(res: dict) -> list[str]:
             f"{b['teacher_online']}; KD and SPL prompts the same: {b['kd_prompts_same_as_spl']}; "
             f"teacher disjoint from the student's images: "
             f"{res['teacher'].get('disjoint_from_student')}. "
-            f"Wall clock: {res['wall_clock_min']} min."]
+            f"Wall clock of this invocation: {res['wall_clock_min']} min (finished runs are read "
+            f"back from the work dir); the main runs' own wall time summed: "
+            f"{res.get('runs_wall_s_total', 0.0) / 60:.1f} min, "
+            f"{b.get('parallel_runs', 1)} at a time."]
 
 
 def plot(res: dict, path: Path) -> None:
@@ -262,6 +265,8 @@ def summarise(spec: dict, base: dict, arm_specs: dict, runs: dict, teacher: dict
               or tuple(cfg.teacher.kd_templates) == tuple(cfg.teacher.templates),
               "grad_clip": cfg.optim.grad_clip, "clip_mode": cfg.optim.clip_mode}
     wall = extra["wall_s"]
+    runs_s = sum(sum(a.get("run_wall_s") or []) for a in arms.values())
     return {"seeds": seeds, "units": UNITS, "arms": arms, "paired": paired_table(arms, seeds),
             "teacher": teacher, "budget": budget, "selection": extra["selection"],
-            "wall_clock_s": round(wall, 1), "wall_clock_min": round(wall / 60, 1)}
+            "wall_clock_s": round(wall, 1), "wall_clock_min": round(wall / 60, 1),
+            "runs_wall_s_total": round(runs_s, 1)}
